@@ -1,0 +1,86 @@
+"""All-or-nothing outputs: write to a temporary sibling, then rename into place.
+
+A crash, a Ctrl-C or a validation error leaves either the complete output or
+nothing at all, and never touches what the user already had unless they asked
+(``overwrite=True``), in which case the old output is only removed after the new
+one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def _check_parent_writable(final: Path) -> None:
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory ({exc.strerror})", parent) from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError("output directory is not writable", parent)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes ``final`` on success.
+
+    ``final`` must not exist unless ``overwrite`` is true. On any exception the
+    temporary directory is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise UserError("output already exists; remove it or pass --overwrite", final)
+    _check_parent_writable(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if old is not None:
+            os.replace(old, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; it is renamed to ``final`` on success."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise UserError("output already exists; remove it or pass --overwrite", final)
+    _check_parent_writable(final)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically, pretty-printed, keys in insertion order."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")

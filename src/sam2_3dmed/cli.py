@@ -1,0 +1,137 @@
+"""The ``sam2-3dmed`` command line: a thin typer layer over the package.
+
+Every command turns user-caused problems into a one-line error on stderr and a
+non-zero exit; ``sam2-3dmed --debug COMMAND`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .console import console, setup_logging
+from .errors import UserError
+
+app = typer.Typer(
+    name="sam2-3dmed",
+    help="SAM2-3dMed on the Medical Segmentation Decathlon: fetch, prepare, train, predict, evaluate, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sam2-3dmed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    setup_logging(debug)
+
+
+@app.command("fetch-msd")
+def fetch_msd_cmd(
+    task: str = typer.Argument(..., help="MSD task: Task06_Lung, Task07_Pancreas or Task09_Spleen."),
+    out: Path = typer.Option(..., "--out", help="Folder that receives OUT/TASK/ (dataset.json, imagesTr, ...)."),
+    url: Optional[str] = typer.Option(None, "--url", help="Download URL or a local .tar path (default: the MONAI mirror)."),
+    md5: Optional[str] = typer.Option(None, "--md5", help="Expected MD5 of the tar (default: the known one for TASK)."),
+    keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the downloaded tar in OUT after extraction."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/TASK (only after the new one is complete)."),
+) -> None:
+    """Download (resumably), verify and safely extract one MSD task."""
+    from .data.fetch import fetch_msd
+
+    dest = fetch_msd(task, out, url=url, md5=md5, keep_archive=keep_archive, overwrite=overwrite)
+    console.print(f"[green]ok[/green] {task} -> {dest}")
+
+
+@app.command("synth")
+def synth_cmd(
+    task: str = typer.Argument(..., help="MSD task to imitate: Task06_Lung, Task07_Pancreas or Task09_Spleen."),
+    out: Path = typer.Option(..., "--out", help="Folder that receives OUT/TASK/ in exact MSD layout."),
+    cases: int = typer.Option(12, "--cases", min=1, help="Number of labelled training cases (imagesTr/labelsTr)."),
+    test_cases: int = typer.Option(2, "--test-cases", min=0, help="Number of unlabelled cases (imagesTs)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same files."),
+    size: int = typer.Option(160, "--size", min=32, max=1024, help="In-plane matrix size of each volume."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/TASK."),
+) -> None:
+    """Write a synthetic CT task in MSD layout (for demos and tests)."""
+    from .data.synth import synth_task
+
+    dest = synth_task(task, out, cases=cases, test_cases=test_cases, seed=seed, size=size, overwrite=overwrite)
+    console.print(f"[green]ok[/green] synthetic {task} ({cases} cases) -> {dest}")
+
+
+@app.command("prepare")
+def prepare_cmd(
+    task_dir: Path = typer.Argument(..., help="An MSD task folder (with dataset.json)."),
+    target: str = typer.Option(..., "--target", help="Target name from the config (spleen, pancreas, pancreas_tumour, lung_tumour, ...)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for the prepared target (created atomically)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config merged over the built-in defaults."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (only after the new one is complete)."),
+) -> None:
+    """Reorient, resample, window and crop every case; write fingerprint.json and splits.json."""
+    from .config import load_config
+    from .data.prepare import prepare_target
+
+    cfg = load_config(config)
+    dest = prepare_target(task_dir, target, out, cfg, overwrite=overwrite)
+    console.print(f"[green]ok[/green] prepared {target} -> {dest}")
+
+
+@app.command("validate-config")
+def validate_config_cmd(
+    config: Path = typer.Argument(..., help="YAML config to check (merged over the built-in defaults)."),
+) -> None:
+    """Check a config file against the schema; print the merged result."""
+    import yaml
+
+    from .config import load_config
+
+    cfg = load_config(config)
+    typer.echo(yaml.safe_dump(cfg, sort_keys=False), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="sam2-3dmed", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        # plain write: one line, never wrapped, brackets in paths not taken as markup
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Exit as exc:  # --help, --version
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Configuration: built-in defaults, deep-merged user YAML, JSON-schema validation.
+
+Errors name the file and the dotted key, e.g.
+``config/demo.yaml: targets.spleen.hu_windw: unknown key``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError, UserError
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict:
+    return json.loads(resources.files("sam2_3dmed").joinpath("schemas/config.schema.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def _defaults_text() -> str:
+    return resources.files("sam2_3dmed").joinpath("defaults.yaml").read_text()
+
+
+def defaults() -> dict:
+    return yaml.safe_load(_defaults_text())
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Mappings merge recursively; anything else in ``override`` replaces ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _format_error(err: jsonschema.ValidationError) -> str:
+    where = _dotted(err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        keys = [f"{where}.{k}" if err.absolute_path else k for k in extra]
+        return f"{', '.join(keys)}: unknown key"
+    if err.validator == "required":
+        return f"{where}: {err.message}"
+    if err.validator == "propertyNames":
+        return f"{where}: name {err.instance!r} must be lower_snake_case"
+    if err.validator == "oneOf":
+        return f"{where}: {err.instance!r} is not valid here"
+    return f"{where}: {err.message}"
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Validate a merged config; raise ConfigError naming the first bad key."""
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError(_format_error(errors[0]), source)
+    unknown = [t for t in cfg["run"]["targets"] if t not in cfg["targets"]]
+    if unknown:
+        raise ConfigError(f"run.targets: unknown target {unknown[0]!r}; defined: {', '.join(cfg['targets'])}", source)
+    for name, tgt in cfg["targets"].items():
+        lo, hi = tgt["hu_window"]
+        if not lo < hi:
+            raise ConfigError(f"targets.{name}.hu_window: lower bound must be below upper bound", source)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated."""
+    cfg = defaults()
+    source = "built-in defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError("config file does not exist", p)
+        try:
+            user = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"not valid YAML{where}", p) from None
+        if not isinstance(user, dict):
+            raise ConfigError("top level must be a mapping", p)
+        cfg = deep_merge(cfg, user)
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    return validate(cfg, source)
+
+
+def target_config(cfg: dict, name: str) -> dict:
+    """The named target's settings; a clear error for unknown names."""
+    try:
+        return cfg["targets"][name]
+    except KeyError:
+        raise UserError(f"unknown target {name!r}; defined targets: {', '.join(sorted(cfg['targets']))}") from None

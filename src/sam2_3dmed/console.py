@@ -1,0 +1,58 @@
+"""One place for user-facing output: a stderr console, warnings and progress bars."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+log = logging.getLogger("sam2_3dmed")
+
+
+def setup_logging(debug: bool = False) -> None:
+    if log.handlers:
+        log.setLevel(logging.DEBUG if debug else logging.INFO)
+        return
+    handler = RichHandler(console=console, show_path=debug, show_time=False, markup=False)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+
+
+def new_progress(transient: bool = False) -> Progress:
+    """A rich progress bar on stderr; quiet when SAM2_3DMED_NO_PROGRESS is set."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=bool(os.environ.get("SAM2_3DMED_NO_PROGRESS")),
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with new_progress() as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)

@@ -1,0 +1,1 @@
+"""Data layer: MSD registry, download, synthetic phantoms, I/O, preprocessing, splits."""
