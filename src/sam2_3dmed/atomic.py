@@ -30,15 +30,20 @@ def _check_parent_writable(final: Path) -> None:
         raise UserError("output directory is not writable", parent)
 
 
+def _is_empty_dir(path: Path) -> bool:
+    # an empty folder holds nothing to lose (workflow engines pre-create them)
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``final`` on success.
 
-    ``final`` must not exist unless ``overwrite`` is true. On any exception the
+    ``final`` must not exist (or be an empty folder) unless ``overwrite`` is true. On any exception the
     temporary directory is removed and ``final`` is left as it was.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
+    if final.exists() and not overwrite and not _is_empty_dir(final):
         raise UserError("output already exists; remove it or pass --overwrite", final)
     _check_parent_writable(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))

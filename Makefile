@@ -1,0 +1,26 @@
+# Entry points. Every target sets up .venv first (idempotent, fast when up to date).
+VENV ?= .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+CORES ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean-demo
+
+setup:
+	./scripts/setup.sh
+
+## CPU demo on synthetic MSD-format data: the Snakemake workflow with config/demo.yaml
+demo: setup
+	snakemake --cores $(CORES) --config config_file=config/demo.yaml
+
+## all tests, slow ones included (pytest exits 5 when nothing is selected: not a failure)
+test: setup
+	@pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected"; exit 0; fi; exit $$rc
+
+bench: setup
+	python benchmarks/bench_prepare.py
+
+clean-demo:
+	rm -rf data/demo results/demo .snakemake

@@ -1,0 +1,65 @@
+# Data rules: get the raw MSD task (download or synthesise), then prepare each target.
+
+wildcard_constraints:
+    task="Task0[0-9]_[A-Za-z]+",
+    target="[a-z][a-z0-9_]*",
+
+
+if CFG["data"]["source"] == "msd":
+
+    rule fetch_msd:
+        output:
+            directory(f"{RAW}/{{task}}"),
+        log:
+            f"{LOGS}/fetch_msd/{{task}}.log",
+        benchmark:
+            f"{LOGS}/fetch_msd/{{task}}.bench.tsv"
+        params:
+            out=RAW,
+        resources:
+            runtime=240,
+            mem_mb=4000,
+        shell:
+            "sam2-3dmed fetch-msd {wildcards.task:q} --out {params.out:q} > {log:q} 2>&1"
+
+else:
+
+    rule synth:
+        output:
+            directory(f"{RAW}/{{task}}"),
+        log:
+            f"{LOGS}/synth/{{task}}.log",
+        benchmark:
+            f"{LOGS}/synth/{{task}}.bench.tsv"
+        params:
+            out=RAW,
+            cases=CFG["data"]["synthetic"]["cases"],
+            test_cases=CFG["data"]["synthetic"]["test_cases"],
+            seed=CFG["data"]["synthetic"]["seed"],
+            size=CFG["data"]["synthetic"]["size"],
+        resources:
+            runtime=30,
+            mem_mb=4000,
+        shell:
+            "sam2-3dmed synth {wildcards.task:q} --out {params.out:q} --cases {params.cases}"
+            " --test-cases {params.test_cases} --seed {params.seed} --size {params.size} > {log:q} 2>&1"
+
+
+rule prepare:
+    input:
+        task_dir=lambda wc: f"{RAW}/{TASK_OF[wc.target]}",
+        config=CONFIG_FILE,
+    output:
+        directory(f"{PREPARED}/{{target}}"),
+    log:
+        f"{LOGS}/prepare/{{target}}.log",
+    benchmark:
+        f"{LOGS}/prepare/{{target}}.bench.tsv"
+    params:
+        out=lambda wc: f"{PREPARED}/{wc.target}",
+    resources:
+        runtime=120,
+        mem_mb=8000,
+    shell:
+        "sam2-3dmed prepare {input.task_dir:q} --target {wildcards.target:q} --out {params.out:q}"
+        " --config {input.config:q} > {log:q} 2>&1"
