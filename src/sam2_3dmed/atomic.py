@@ -30,6 +30,12 @@ def _check_parent_writable(final: Path) -> None:
         raise UserError("output directory is not writable", parent)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _is_empty_dir(path: Path) -> bool:
     # an empty folder holds nothing to lose (workflow engines pre-create them)
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
@@ -47,6 +53,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise UserError("output already exists; remove it or pass --overwrite", final)
     _check_parent_writable(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like mkdir's
     try:
         yield tmp
     except BaseException:

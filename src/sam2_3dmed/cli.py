@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .console import console, setup_logging
+from .console import console, setup_logging  # noqa: F401
 from .errors import UserError
 
 app = typer.Typer(
@@ -26,6 +26,12 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 1
+
+
+def _ok(message: str) -> None:
+    # plain, unwrapped: scripts and tests read this line
+    typer.echo(f"ok {message}", err=True)
+
 EXIT_INTERRUPTED = 130
 
 
@@ -56,7 +62,7 @@ def fetch_msd_cmd(
     from .data.fetch import fetch_msd
 
     dest = fetch_msd(task, out, url=url, md5=md5, keep_archive=keep_archive, overwrite=overwrite)
-    console.print(f"[green]ok[/green] {task} -> {dest}")
+    _ok(f"{task} -> {dest}")
 
 
 @app.command("synth")
@@ -73,7 +79,7 @@ def synth_cmd(
     from .data.synth import synth_task
 
     dest = synth_task(task, out, cases=cases, test_cases=test_cases, seed=seed, size=size, overwrite=overwrite)
-    console.print(f"[green]ok[/green] synthetic {task} ({cases} cases) -> {dest}")
+    _ok(f"synthetic {task} ({cases} cases) -> {dest}")
 
 
 @app.command("prepare")
@@ -90,7 +96,7 @@ def prepare_cmd(
 
     cfg = load_config(config)
     dest = prepare_target(task_dir, target, out, cfg, overwrite=overwrite)
-    console.print(f"[green]ok[/green] prepared {target} -> {dest}")
+    _ok(f"prepared {target} -> {dest}")
 
 
 @app.command("validate-config")

@@ -29,7 +29,8 @@ own ``np.random.default_rng((seed, case_index))``:
   spleen                         110     patient's left, posterior (Task09 label 1)
   pancreas                        90     curved tube across the midline (Task07 1)
   pancreatic tumour               35     blob in/at the pancreas, ~80 % of cases (Task07 2)
-  lung nodule                     30     8-30 mm (before scaling) inside one lung (Task06 1)
+  lung nodule                     30     8-30 mm wide (capped at ~half the lung's width)
+                                         inside one lung (Task06 1)
   ============================  =======  =========================================
 
   Organs are ellipsoids whose radius is deformed by low-frequency noise on the
@@ -116,7 +117,7 @@ class _Grid:
         return slices * self.spacing[2] / self.k_z
 
 
-def _make_grid(rng: np.random.Generator, size: int, task: str) -> tuple[_Grid, float, float]:
+def _make_grid(rng: np.random.Generator, size: int, task: str) -> _Grid:
     sxy = _q(rng.uniform(0.6, 1.0))
     sz = _q(rng.uniform(1.5, 5.0))
     nz = int(np.clip(round(rng.uniform(150.0, 250.0) / sz), 24, 96))
@@ -134,7 +135,7 @@ def _make_grid(rng: np.random.Generator, size: int, task: str) -> tuple[_Grid, f
     origin = [_q(c - (n - 1) / 2.0 * s) for c, n, s in zip(fov_centre, shape, spacing)]
     affine = np.diag([sxy, sxy, sz, 1.0])
     affine[:3, 3] = origin
-    centre = fov_centre + shift  # world mm of the anatomy's (0, 0, 0)... along z: window centre
+    centre = fov_centre + shift  # world mm of the anatomy centre (z: the window centre)
     axes = []
     for d, (n, s, o) in enumerate(zip(shape, spacing, origin)):
         world = o + s * np.arange(n)
@@ -143,7 +144,7 @@ def _make_grid(rng: np.random.Generator, size: int, task: str) -> tuple[_Grid, f
         if d == 2:
             real = real + z_window
         axes.append(real.astype(np.float32))
-    return _Grid(shape, spacing, affine, axes[0], axes[1], axes[2], k_xy, k_z), sxy, sz
+    return _Grid(shape, spacing, affine, axes[0], axes[1], axes[2], k_xy, k_z)
 
 
 def _box(axis: np.ndarray, lo: float, hi: float) -> slice | None:
@@ -212,7 +213,6 @@ def _tube(g: _Grid, points: np.ndarray, radii: np.ndarray):
 
 def _phantom(rng: np.random.Generator, g: _Grid, task: str) -> np.ndarray:
     """Tissue-id volume (RAS grid) of one case."""
-    nx, ny, nz = g.shape
     X = g.X[:, None, None]
     Y = g.Y[None, :, None]
     Z = g.Z[None, None, :]
@@ -228,7 +228,6 @@ def _phantom(rng: np.random.Generator, g: _Grid, task: str) -> np.ndarray:
     inner = (X / (a - fat_t)) ** 2 + (Y / (b - fat_t)) ** 2 <= 1.0
     tissue[inner] = SOFT
     b0 = _BODY_HALF_WIDTH * ratio  # mean AP half-depth (real mm)
-    full = (slice(None),) * 3
 
     # liver (patient's right = +x)
     liver_c = (rng.uniform(65, 85), rng.uniform(0, 20), rng.uniform(25, 45))
@@ -269,8 +268,8 @@ def _phantom(rng: np.random.Generator, g: _Grid, task: str) -> np.ndarray:
     tangent = math.atan2(-(sx_ / _BODY_HALF_WIDTH**2), sy_ / b0**2)  # wall tangent direction
     spleen_c = (sx_, sy_, rng.uniform(0, 30))
     spleen_s = (
-        max(rng.uniform(40, 60), g.floor_xy(4)),
-        max(rng.uniform(18, 26), g.floor_xy(3)),
+        max(rng.uniform(45, 65), g.floor_xy(4)),
+        max(rng.uniform(20, 30), g.floor_xy(3)),
         max(rng.uniform(45, 65), g.floor_z(2)),
     )
     res = _deformed_ellipsoid(g, spleen_c, spleen_s, tangent + rng.uniform(-0.25, 0.25), 0.15, rng)
@@ -290,7 +289,7 @@ def _phantom(rng: np.random.Generator, g: _Grid, task: str) -> np.ndarray:
     r_head, r_tail = 15 * scale, 9 * scale
     mod = 1 + 0.2 * np.sin(2 * math.pi * rng.uniform(0.7, 1.5) * t[:, 0] + rng.uniform(0, 2 * math.pi))
     radii = (r_head + (r_tail - r_head) * t[:, 0]) * mod
-    radii = np.maximum(radii, max(g.floor_xy(2.5), g.floor_z(1.0)))
+    radii = np.maximum(radii, max(g.floor_xy(3.0), g.floor_z(1.0)))
     res = _tube(g, pts, radii)
     if res:
         _paint(tissue, *res, PANCREAS, inner)
@@ -300,8 +299,8 @@ def _phantom(rng: np.random.Generator, g: _Grid, task: str) -> np.ndarray:
         off = rng.normal(size=3)
         off = off / np.linalg.norm(off) * rng.uniform(0, 0.6) * radii[k]
         c = pts[k] + off
-        r = max(rng.uniform(8, 18), g.floor_xy(2.5))
-        s = (r * rng.uniform(0.8, 1.2), r * rng.uniform(0.8, 1.2), max(r, g.floor_z(1.0)))
+        r = max(rng.uniform(0.8, 1.6) * radii[k], g.floor_xy(3.0))
+        s = (r * rng.uniform(0.8, 1.2), r * rng.uniform(0.8, 1.2), max(r, g.floor_z(1.5)))
         res = _deformed_ellipsoid(g, c, s, rng.uniform(0, math.pi), 0.2, rng)
         if res:
             _paint(tissue, *res, PTUMOUR, inner)
@@ -309,8 +308,13 @@ def _phantom(rng: np.random.Generator, g: _Grid, task: str) -> np.ndarray:
     if task == "Task06_Lung":
         side = int(rng.integers(0, 2))
         (lc, ls, lres) = lungs[side]
-        r = max(rng.uniform(4, 15), g.floor_xy(2.0))
-        s = (r * rng.uniform(0.85, 1.15), r * rng.uniform(0.85, 1.15), max(r, g.floor_z(1.5)))
+        # a round nodule in world mm (diameter 8-30 mm), at most ~half the lung's width
+        r_w = rng.uniform(4.0, 15.0) * rng.uniform(0.9, 1.1, 3)
+        s = (
+            max(min(r_w[0] / g.k_xy, 0.45 * ls[0]), g.floor_xy(3.0)),
+            max(min(r_w[1] / g.k_xy, 0.45 * ls[0]), g.floor_xy(3.0)),
+            max(min(r_w[2] / g.k_z, 0.45 * ls[2]), g.floor_z(1.5)),
+        )
         lo, hi = float(g.Z.min()) + s[2], float(g.Z.max()) - s[2]
         for _ in range(_MAX_TRIES):
             d = rng.normal(size=3)
@@ -323,7 +327,6 @@ def _phantom(rng: np.random.Generator, g: _Grid, task: str) -> np.ndarray:
         res = _deformed_ellipsoid(g, c, s, rng.uniform(0, math.pi), 0.2, rng)
         if res:
             _paint(tissue, *res, NODULE, tissue == LUNG)
-    del full
     return tissue
 
 
@@ -333,7 +336,7 @@ def _render(rng: np.random.Generator, g: _Grid, tissue: np.ndarray) -> np.ndarra
     for t, hu in NOMINAL_HU.items():
         lut[t] = hu + (0.0 if t == AIR else rng.uniform(-6.0, 6.0))
     image = lut[tissue]
-    sigma_vox = (0.6, 0.6, 0.4)
+    sigma_vox = (0.5, 0.5, 0.35)
     ndimage.gaussian_filter(image, sigma_vox, output=image, truncate=3.0)
     noise_sd = rng.uniform(10.0, 20.0)
     image += rng.standard_normal(g.shape, dtype=np.float32) * np.float32(noise_sd)
@@ -364,7 +367,7 @@ def synth_case(task: str, case_index: int, seed: int = 0, size: int = 160, label
     if task not in TARGETS:
         raise UserError(f"no synthetic phantom for task {task!r}; choose one of {', '.join(sorted(TARGETS))}")
     rng = np.random.default_rng((int(seed), int(case_index)))
-    g, _, _ = _make_grid(rng, size, task)
+    g = _make_grid(rng, size, task)
     targets = TARGETS[task]
     for _ in range(_MAX_TRIES):
         tissue = _phantom(rng, g, task)
