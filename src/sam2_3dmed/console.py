@@ -35,7 +35,11 @@ def setup_logging(debug: bool = False) -> None:
 
 
 def new_progress(transient: bool = False) -> Progress:
-    """A rich progress bar on stderr; quiet when SAM2_3DMED_NO_PROGRESS is set."""
+    """A rich progress bar on stderr.
+
+    Off when stderr is not a terminal (rich would print a final snapshot and a blank
+    line into logs and break one-line errors) or when SAM2_3DMED_NO_PROGRESS is set.
+    """
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -44,7 +48,7 @@ def new_progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
-        disable=bool(os.environ.get("SAM2_3DMED_NO_PROGRESS")),
+        disable=bool(os.environ.get("SAM2_3DMED_NO_PROGRESS")) or not console.is_terminal,
     )
 
 

@@ -1,8 +1,9 @@
 """Download, verify and safely extract one MSD task tar.
 
-``fetch_msd`` is all-or-nothing: on any failure OUT holds nothing new, except a
-download that was cut off (network error, Ctrl-C), which stays as the hidden file
-``OUT/.TASK.tar.part`` so that the next run resumes it with an HTTP Range request.
+``fetch_msd`` is all-or-nothing: on any failure OUT holds nothing new, with one
+deliberate exception: a download that is cut off (network failure after all
+retries, Ctrl-C) stays as the hidden file ``OUT/.TASK.tar.part`` so that the next
+run resumes it with an HTTP Range request instead of starting over.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import http.client
 import lzma
 import os
 import posixpath
 import re
 import shutil
+import ssl
 import tarfile
 import time
 import urllib.error
@@ -28,6 +31,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -40,20 +44,22 @@ from ..errors import ChecksumError, InputFileError, UserError
 from . import msd
 
 CHUNK = 1 << 20
-TIMEOUT_S = 60.0  # connect and per-read socket timeout
-MAX_ATTEMPTS = 5  # consecutive attempts that make no progress before giving up
-RETRY_DELAY_S = 2.0  # multiplied by the attempt number
+TIMEOUT_S = 60.0  # socket timeout for the connect and for each read
+MAX_ATTEMPTS = 5  # consecutive attempts without progress before giving up
+RETRY_DELAY_S = 2.0  # times the number of consecutive failures
 
 _MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE_RE = re.compile(r"bytes\s+\*/(\d+)")
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
-# ordinary network trouble worth a resumed retry; HTTPError is handled separately
-_RETRYABLE = (urllib.error.URLError, OSError, http_exc := __import__("http.client").client.HTTPException)
-
-
-class _Restart(Exception):
-    """The server cannot continue the partial file; start again from byte 0."""
+_FILTER_REASONS = {
+    "AbsolutePathError": "absolute path",
+    "OutsideDestinationError": "path outside the task folder",
+    "SpecialFileError": "device or FIFO member",
+    "AbsoluteLinkError": "link to an absolute path",
+    "LinkOutsideDestinationError": "link pointing outside the task folder",
+}
 
 
 def fetch_msd(
@@ -67,8 +73,8 @@ def fetch_msd(
     """Fetch MSD ``task`` into ``OUT/TASK`` and return that path.
 
     ``url`` is an http(s) URL, a ``file://`` URL or a local tar path (read in
-    place); ``md5`` is the expected hex digest of the tar. Both default to the
-    registry entry in :data:`msd.TASKS`.
+    place, never copied or deleted); ``md5`` is the expected hex digest of the
+    tar. Both default to the registry entry in :data:`msd.TASKS`.
     """
     spec = msd.get_task(task)
     expected = _check_md5(md5) if md5 is not None else spec.md5.lower()
@@ -78,35 +84,32 @@ def fetch_msd(
     if dest.exists() or dest.is_symlink():
         if not overwrite:
             raise UserError("output already exists; remove it or pass --overwrite", dest)
-        if not dest.is_dir():
-            raise UserError("output exists and is not a folder; remove it first", dest)
+        if not dest.is_dir() or dest.is_symlink():
+            raise UserError("output exists and is not a folder; remove it yourself", dest)
 
     local = _local_path(source)
     if local is not None and not local.is_file():
-        what = "is a folder, not a tar archive" if local.is_dir() else "archive does not exist"
-        raise InputFileError(what, local)
+        raise InputFileError("is a folder, not a tar archive" if local.is_dir() else "archive does not exist", local)
 
     created = _make_dir(out)
     part = out / f".{task}.tar.part"
-    keep_part = False  # an interrupted download is kept for resuming
+    bad_archive = False
     try:
         if local is not None:
             archive, label = local, str(local)
             actual = _md5_file(local, f"verify {local.name}")
         else:
             archive, label = part, source
-            try:
-                actual = _download(source, part)
-            except (KeyboardInterrupt, _Interrupted):
-                keep_part = True
-                raise
-        if actual != expected:
-            # the bad .part is removed below, with everything else
-            raise ChecksumError(f"MD5 mismatch: expected {expected}, got {actual}", label)
-
-        with atomic_dir(dest, overwrite=overwrite) as tmp:
-            _extract(archive, label, task, tmp)
-            _validate(tmp, task, label)
+            actual = _download(source, part)
+        try:
+            if actual != expected:
+                raise ChecksumError(f"MD5 mismatch: expected {expected}, got {actual}", label)
+            with atomic_dir(dest, overwrite=overwrite) as tmp:
+                _extract(archive, label, task, tmp)
+                _validate(tmp, task, label)
+        except (ChecksumError, InputFileError):
+            bad_archive = True
+            raise
 
         if local is None:
             if keep_archive:
@@ -114,17 +117,15 @@ def fetch_msd(
             else:
                 part.unlink()
         return dest
-    except _Interrupted as exc:
-        raise UserError(str(exc), source) from None
     finally:
-        if local is None and not keep_part and not (keep_archive and (out / f"{task}.tar").exists()):
+        # A bad archive is deleted; any other failure (Ctrl-C, network, full
+        # disk) keeps the download for the next run to resume or re-verify.
+        if local is None and (bad_archive or _is_empty(part)):
             part.unlink(missing_ok=True)
-        elif part.exists() and part.stat().st_size == 0:
-            part.unlink()
         _remove_if_empty(out, created)
 
 
-# --- arguments and files ---------------------------------------------------
+# --- arguments and folders ---------------------------------------------------
 
 
 def _check_md5(md5: str) -> str:
@@ -136,18 +137,19 @@ def _check_md5(md5: str) -> str:
 
 def _local_path(source: str) -> Path | None:
     """The local file ``source`` names, or None for an http(s) URL."""
-    scheme = urllib.parse.urlsplit(source).scheme.lower()
+    parts = urllib.parse.urlsplit(source)
+    scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
         return None
     if scheme == "file":
-        return Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path))
+        return Path(urllib.request.url2pathname(parts.path))
     if "://" in source:
         raise UserError(f"unsupported URL scheme {scheme!r}; use http(s)://, file:// or a local path", source)
     return Path(source).expanduser()
 
 
 def _make_dir(out: Path) -> Path | None:
-    """Create ``out`` (and parents); return the topmost folder created, if any."""
+    """Create ``out`` and its parents; return the topmost folder created, if any."""
     top = None
     for p in (out, *out.parents):
         if p.exists():
@@ -163,7 +165,7 @@ def _make_dir(out: Path) -> Path | None:
 
 
 def _remove_if_empty(out: Path, created: Path | None) -> None:
-    """Undo ``_make_dir``: remove the folders it created, if they are still empty."""
+    """Undo :func:`_make_dir` on failure: remove the folders it made while empty."""
     if created is None:
         return
     for p in (out, *out.parents):
@@ -175,7 +177,22 @@ def _remove_if_empty(out: Path, created: Path | None) -> None:
             return
 
 
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
+def _require_space(where: Path, need: int) -> None:
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise UserError(f"needs {need / 1e9:.1f} GB of free space, only {free / 1e9:.1f} GB available", where)
+
+
 def _bytes_progress() -> Progress:
+    # transient, and off when stderr is not a terminal (rich would still print a
+    # blank line there): an error stays the only line of output
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -183,98 +200,247 @@ def _bytes_progress() -> Progress:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=console,
-        transient=True,  # the bar is gone afterwards, so an error stays the only line
-        disable=bool(os.environ.get("SAM2_3DMED_NO_PROGRESS")),
+        transient=True,
+        disable=bool(os.environ.get("SAM2_3DMED_NO_PROGRESS")) or not console.is_interactive,
     )
 
 
-def _md5_file(path: Path, description: str, progress: Progress | None = None) -> str:
+def _md5_file(path: Path, description: str) -> str:
     h = hashlib.md5()
-    size = path.stat().st_size
-    with _bytes_progress() if progress is None else _nullcontext(progress) as prog:
-        bar = prog.add_task(description, total=size)
-        with open(path, "rb") as f:
+    try:
+        with _bytes_progress() as progress, open(path, "rb") as f:
+            bar = progress.add_task(description, total=path.stat().st_size)
             while chunk := f.read(CHUNK):
                 h.update(chunk)
-                prog.advance(bar, len(chunk))
-        prog.remove_task(bar)
+                progress.advance(bar, len(chunk))
+    except OSError as exc:
+        raise InputFileError(f"cannot read the archive ({exc.strerror})", path) from None
     return h.hexdigest()
-
-
-class _nullcontext:
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        return self.value
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _no_space(exc: OSError, where: Path) -> UserError | None:
-    if exc.errno == errno.ENOSPC:
-        return UserError("no space left on device", where)
-    return None
 
 
 # --- download ----------------------------------------------------------------
 
 
-class _Interrupted(Exception):
-    """The download failed for good; the partial file is kept for resuming."""
+class _Restart(Exception):
+    """The server cannot continue the partial file; it was reset to zero bytes."""
 
 
-def _download(url: str, part: Path) -> str:
-    """Download ``url`` into ``part``, resuming what is there; return its MD5."""
-    name = posixpath.basename(urllib.parse.urlsplit(url).path) or part.name
+class _PartFile:
+    """The partial download on disk, with the MD5 and size of exactly its bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.size = 0
+        self.md5 = hashlib.md5()
+
+    def load(self, progress: Progress, bar: TaskID) -> None:
+        """Hash what an earlier run left, so the digest covers the whole file."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                self.md5.update(chunk)
+                self.size += len(chunk)
+                progress.update(bar, completed=self.size)
+
+    def reset(self) -> None:
+        self.path.write_bytes(b"")
+        self.size = 0
+        self.md5 = hashlib.md5()
+
+    def append(self, f, chunk: bytes) -> None:
+        try:
+            f.write(chunk)
+        except OSError as exc:
+            raise UserError(f"cannot write the download ({exc.strerror})", self.path) from None
+        self.md5.update(chunk)
+        self.size += len(chunk)
+
+
+def _download(url: str, path: Path) -> str:
+    """Download ``url`` into ``path``, resuming what is there; return the MD5."""
+    name = posixpath.basename(urllib.parse.urlsplit(url).path) or path.name
+    part = _PartFile(path)
     with _bytes_progress() as progress:
-        h = hashlib.md5()
-        have = 0
-        if part.exists():
-            # resuming: the digest must cover the bytes already on disk
-            h = hashlib.md5(bytes.fromhex("")) if False else hashlib.md5()
-            have = part.stat().st_size
-            if have:
-                with open(part, "rb") as f:
-                    while chunk := f.read(CHUNK):
-                        h.update(chunk)
-        bar = progress.add_task(f"download {name}", total=None, completed=have)
+        bar = progress.add_task(f"download {name}", total=None)
+        part.load(progress, bar)
         failures = 0
         while True:
-            before = have
+            before = part.size
             try:
-                have, h = _download_once(url, part, have, h, progress, bar)
-                return h.hexdigest()
+                _download_once(url, part, progress, bar)
+                return part.md5.hexdigest()
             except _Restart:
-                log.debug("server cannot resume %s; restarting from byte 0", url)
-                part.unlink(missing_ok=True)
-                have, h = 0, hashlib.md5()
-                progress.update(bar, completed=0)
-                if before == 0:
-                    failures += 1
+                reason: object = "server could not resume the partial file"
             except urllib.error.HTTPError as exc:
-                if exc.code < 500:
-                    part.unlink(missing_ok=True)
+                exc.close()
+                if exc.code not in _RETRY_STATUS:
                     raise UserError(f"download failed: HTTP {exc.code} {exc.reason}", url) from None
-                failures, have = failures + 1, part.stat().st_size if part.exists() else 0
-                reason: object = f"HTTP {exc.code} {exc.reason}"
-            except _RETRYABLE as exc:
-                err = _no_space(exc, part) if isinstance(exc, OSError) else None
-                if err is not None:
-                    raise err from None
-                have = part.stat().st_size if part.exists() else 0
-                failures = 0 if have > before else failures + 1
-                reason = getattr(exc, "reason", None) or exc
-            else:
-                continue
+                reason = f"HTTP {exc.code} {exc.reason}"
+            except urllib.error.URLError as exc:
+                if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                    raise UserError(f"download failed: {exc.reason}", url) from None
+                reason = exc.reason
+            except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, cut-off bodies
+                reason = str(exc) or type(exc).__name__
+            except ValueError as exc:  # a malformed URL
+                raise UserError(f"invalid URL ({exc})", url) from None
+            failures = 0 if part.size > before else failures + 1
             if failures >= MAX_ATTEMPTS:
-                kept = f"; the partial file {part} is kept, run again to resume" if have else ""
-                raise _Interrupted(f"download failed after {MAX_ATTEMPTS} attempts ({reason}){kept}")
-            # the digest must match the bytes on disk exactly before resuming
-            h = _md5_file(part, "re-check partial download", progress) if have else hashlib.md5()
-            h = _rehash(part) if have else hashlib.md5()
-            progress.update(bar, completed=have)
+                kept = f"; the partial file {path} is kept, run again to resume" if part.size else ""
+                raise UserError(f"download failed after {MAX_ATTEMPTS} attempts ({reason}){kept}", url)
             delay = RETRY_DELAY_S * max(failures, 1)
-            log.warning("download of %s interrupted (%s); resuming at byte %d in %.0fs", name, reason, have, delay)
+            log.warning("download of %s interrupted (%s); resuming at byte %d in %gs", name, reason, part.size, delay)
             time.sleep(delay)
+
+
+def _download_once(url: str, part: _PartFile, progress: Progress, bar: TaskID) -> None:
+    headers = {"User-Agent": f"sam2-3dmed/{__version__}"}
+    if part.size:
+        headers["Range"] = f"bytes={part.size}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416 or not part.size:
+            raise
+        # nothing left to send: complete, unless the server says the file is another size
+        m = _UNSATISFIED_RANGE_RE.match(exc.headers.get("Content-Range", ""))
+        exc.close()
+        if m is None or int(m[1]) == part.size:
+            return
+        part.reset()
+        raise _Restart from None
+
+    with resp:
+        if resp.status == 206:
+            m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
+            if m is None or int(m[1]) != part.size:
+                part.reset()
+                raise _Restart
+            total = None if m[3] == "*" else int(m[3])
+        else:
+            # a server without Range support sends the whole file again
+            if part.size:
+                log.debug("server ignored the Range request; restarting %s from byte 0", url)
+                part.reset()
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        if total is not None:
+            _require_space(part.path.parent, total - part.size)
+        progress.update(bar, total=total, completed=part.size)
+        with open(part.path, "ab") as f:
+            # read1 returns what has arrived, so a read that times out loses nothing;
+            # a body cut short of Content-Length just ends early and is caught below
+            while chunk := resp.read1(CHUNK):
+                part.append(f, chunk)
+                progress.update(bar, completed=part.size)
+    if total is not None and part.size != total:
+        raise http.client.IncompleteRead(b"", total - part.size)
+
+
+# --- extraction ----------------------------------------------------------------
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    """Path components of a member name; pathlib drops '.' and empty ones."""
+    return PurePosixPath(name).parts
+
+
+def _unsafe(member: tarfile.TarInfo, task: str) -> str | None:
+    """Why ``member`` must not be extracted, or None if it is safe."""
+    if member.name.startswith("/"):
+        return "absolute path"
+    parts = _parts(member.name)
+    if ".." in parts:
+        return "'..' in path"
+    if member.ischr() or member.isblk() or member.isfifo():
+        return "device or FIFO member"
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        return "unsupported member type"
+    if member.issym() or member.islnk():
+        if member.linkname.startswith("/"):
+            return "link to an absolute path"
+        # symlink targets are relative to the link's folder, hard-link targets to the archive root
+        base = "/".join(parts[:-1]) if member.issym() else ""
+        target = posixpath.normpath(posixpath.join(base, member.linkname)).split("/")
+        if target[0] != task:
+            return "link pointing outside the task folder"
+    return None
+
+
+def _plan(members: list[tarfile.TarInfo], task: str, label: str) -> list[tarfile.TarInfo]:
+    """Check every member; return the ones to extract, renamed relative to TASK/."""
+    keep: list[tarfile.TarInfo] = []
+    files: set[str] = set()
+    others: list[str] = []
+    for m in members:
+        problem = _unsafe(m, task)
+        if problem:
+            raise InputFileError(f"refusing member {m.name!r}: {problem}", label)
+        if msd.is_resource_fork(m.name):
+            continue
+        parts = _parts(m.name)
+        if not parts or parts[0] != task:
+            if parts:
+                others.append(m.name)
+            continue
+        rel = "/".join(parts[1:])
+        if not rel:  # the TASK folder itself: it becomes the output folder
+            continue
+        changes = {"name": rel}
+        if m.islnk():
+            target = "/".join(_parts(posixpath.normpath(m.linkname))[1:])
+            if target not in files:
+                raise InputFileError(f"refusing member {m.name!r}: hard link to a file not extracted before it", label)
+            changes["linkname"] = target
+        keep.append(m.replace(**changes, deep=False))
+        if m.isreg() or m.islnk():
+            files.add(rel)
+    if others:
+        log.warning("%s: ignoring %d member(s) outside %s/, e.g. %s", label, len(others), task, others[0])
+    if "dataset.json" not in files:
+        raise InputFileError(f"no {task}/dataset.json in the archive (is it the MSD {task} tar?)", label)
+    return keep
+
+
+def _extract(archive: Path, label: str, task: str, dest: Path) -> None:
+    """Extract the contents of the archive's TASK/ folder into ``dest``."""
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except _TAR_ERRORS:
+        raise InputFileError("not a valid or complete tar archive (unrecognised format)", label) from None
+    try:
+        with tar:
+            members = _plan(tar.getmembers(), task, label)
+            total = sum(m.size for m in members if m.isreg())
+            _require_space(dest, total)
+            with _bytes_progress() as progress:
+                bar = progress.add_task(f"extract {task}", total=total)
+
+                def advancing() -> Iterator[tarfile.TarInfo]:
+                    for m in members:
+                        yield m
+                        progress.advance(bar, m.size if m.isreg() else 0)
+
+                # the 'data' filter re-checks each member against the real
+                # file system (symlink chains), as a second line of defence
+                tar.extractall(dest, members=advancing(), filter="data")
+    except tarfile.FilterError as exc:
+        reason = _FILTER_REASONS.get(type(exc).__name__, "unsafe member")
+        name = f"{task}/{exc.tarinfo.name}"
+        raise InputFileError(f"refusing member {name!r}: {reason}", label) from None
+    except _TAR_ERRORS as exc:
+        raise InputFileError(f"not a valid or complete tar archive ({str(exc) or type(exc).__name__})", label) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError("no space left on device while extracting", dest.parent) from None
+        raise
+
+
+def _validate(tmp: Path, task: str, label: str) -> None:
+    """Every file dataset.json lists must have been in the archive."""
+    try:
+        msd.load_dataset_json(tmp)
+    except InputFileError as exc:
+        # name the archive, not the temporary folder that is about to vanish
+        raise InputFileError(str(exc).replace(str(tmp), task), label) from None

@@ -135,6 +135,8 @@ def load_dataset_json(task_dir: str | Path, check_files: bool = True) -> Dataset
     if dup:
         raise InputFileError(f"duplicate training case ids: {', '.join(dup)}", path)
     n_declared = raw.get("numTraining")
+    if n_declared is not None and not (isinstance(n_declared, int) or str(n_declared).isdigit()):
+        raise InputFileError(f"'numTraining' must be an integer, got {n_declared!r}", path)
     if n_declared is not None and int(n_declared) != len(training):
         raise InputFileError(
             f"numTraining is {n_declared} but {len(training)} training entries are listed", path
