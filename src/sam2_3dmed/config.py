@@ -72,6 +72,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
     unknown = [t for t in cfg["run"]["targets"] if t not in cfg["targets"]]
     if unknown:
         raise ConfigError(f"run.targets: unknown target {unknown[0]!r}; defined: {', '.join(cfg['targets'])}", source)
+    unknown = [v for v in cfg["run"]["variants"] if v not in cfg["variants"]]
+    if unknown:
+        raise ConfigError(f"run.variants: unknown variant {unknown[0]!r}; defined: {', '.join(cfg['variants'])}", source)
+    bad_fold = [f for f in cfg["run"]["folds"] if f >= cfg["splits"]["folds"]]
+    if bad_fold:
+        raise ConfigError(f"run.folds: fold {bad_fold[0]} does not exist (splits.folds is {cfg['splits']['folds']})", source)
     for name, tgt in cfg["targets"].items():
         lo, hi = tgt["hu_window"]
         if not lo < hi:
@@ -100,6 +106,23 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if overrides:
         cfg = deep_merge(cfg, overrides)
     return validate(cfg, source)
+
+
+def variant_config(cfg: dict, variant: str) -> dict:
+    """The config with the named variant's model/train overrides applied, validated."""
+    if variant not in cfg["variants"]:
+        raise UserError(f"unknown variant {variant!r}; defined variants: {', '.join(sorted(cfg['variants']))}")
+    out = deep_merge(cfg, cfg["variants"][variant])
+    validate(out, f"variants.{variant}")
+    m = out["model"]
+    if m["pretrained"] and not m["checkpoint"]:
+        raise ConfigError(
+            "model.checkpoint: required when model.pretrained is true (get one with sam2-3dmed fetch-weights), "
+            "or set model.pretrained: false for random init", f"variants.{variant}"
+        )
+    if m["bd_fusion"] and not m["bd"]:
+        raise ConfigError("model.bd_fusion: needs model.bd: true", f"variants.{variant}")
+    return out
 
 
 def target_config(cfg: dict, name: str) -> dict:

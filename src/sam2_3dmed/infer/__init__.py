@@ -1,0 +1,1 @@
+"""Whole-volume inference: encode slices once, propagate both ways, map back."""

@@ -1,0 +1,183 @@
+"""SAM2-3dMed: SAM2 (image encoder, memory attention, memory encoder, prompt encoder,
+mask decoder from the ``sam2`` package) plus slice adapter, SRPP head, BD head and
+BD-fusion. See method.md for the design and every decision marked [ours].
+
+One slice-propagation routine serves training clips and whole volumes:
+:meth:`SAM23dMed.encode` embeds slices (once), :meth:`SAM23dMed.propagate` runs SAM2's
+memory mechanism over the slices in a given order, starting from a conditioning slice
+(with a box/point prompt in ``prompted`` mode, without one in ``auto`` mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter import SliceAdapter
+from .boundary import BDFusion, BDHead
+from .srpp import SRPPHead
+
+NO_OBJ_SCORE = -1024.0  # SAM2's logit for "no object" masks
+
+
+@dataclass
+class SliceFeatures:
+    """Per-slice features, N slices: low (N, C, h, w) adapted; s1 (N, 64, 2h, 2w);
+    s0 (N, 32, 4h, 4w); pos (1 or N, C, h, w) positional encoding of the low level."""
+
+    low: torch.Tensor
+    s1: torch.Tensor
+    s0: torch.Tensor
+    pos: torch.Tensor
+
+    def select(self, idx) -> "SliceFeatures":
+        pos = self.pos if self.pos.shape[0] == 1 else self.pos[idx]
+        return SliceFeatures(self.low[idx], self.s1[idx], self.s0[idx], pos)
+
+
+class SAM23dMed(nn.Module):
+    def __init__(self, sam, *, adapter: bool = True, srpp: bool = True, bd: bool = True, bd_fusion: bool = True,
+                 freeze_encoder: bool = True, adapter_blocks: int = 2, srpp_layers: int = 2, srpp_heads: int = 4,
+                 srpp_token_dim: int = 128, bd_hidden: int = 64):
+        super().__init__()
+        self.sam = sam
+        dim = sam.hidden_dim
+        self.image_size = sam.image_size
+        self.adapter = SliceAdapter(dim, dim, adapter_blocks) if adapter else None
+        self.srpp = SRPPHead(dim, srpp_token_dim, srpp_layers, srpp_heads) if srpp else None
+        self.bd = BDHead(dim, hidden=bd_hidden) if bd else None
+        self.fusion = BDFusion(dim) if (bd and bd_fusion) else None
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.sam.image_encoder.requires_grad_(False)
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, images: torch.Tensor) -> SliceFeatures:
+        """images (N, 3, S, S), SAM2-normalised -> SliceFeatures."""
+        enc = self.sam.image_encoder
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            if self.freeze_encoder:
+                enc.eval()  # frozen means frozen: no dropout/drop-path noise either
+            out = enc(images)
+        fpn, pos = out["backbone_fpn"], out["vision_pos_enc"]
+        dec = self.sam.sam_mask_decoder
+        s0, s1 = dec.conv_s0(fpn[0]), dec.conv_s1(fpn[1])
+        low = fpn[2]
+        if self.adapter is not None:
+            low = self.adapter(low)
+        return SliceFeatures(low, s1, s0, pos[2][:1])
+
+    def boundary(self, f: SliceFeatures):
+        """(boundary logits (N, 1, S, S), fusion queries (N, C, h, w)) or (None, None)."""
+        if self.bd is None:
+            return None, None
+        return self.bd(f.low, f.s1, f.s0, self.image_size)
+
+    # ------------------------------------------------------------------ SAM heads
+    def _heads(self, pix, f: SliceFeatures, point_inputs):
+        """SAM2's prompt encoder + mask decoder on memory-conditioned features ``pix``.
+
+        Unlike SAM2Base._forward_sam_heads, this also returns the raw mask logits before
+        absent slices are overwritten with NO_OBJ_SCORE, so the mask loss stays finite and
+        differentiable on slices the model wrongly calls absent.
+        """
+        sam = self.sam
+        b = pix.shape[0]
+        if point_inputs is None:
+            coords = torch.zeros(b, 1, 2, device=pix.device)
+            labels = -torch.ones(b, 1, dtype=torch.int32, device=pix.device)
+        else:
+            coords, labels = point_inputs
+        sparse, dense = sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res, _ious, tokens, obj_logits = sam.sam_mask_decoder(
+            image_embeddings=pix,
+            image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            repeat_image=False,
+            high_res_features=[f.s0, f.s1],
+        )
+        raw = F.interpolate(low_res.float(), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        present = obj_logits > 0  # (B, 1)
+        masked = torch.where(present[:, :, None, None], raw, torch.full_like(raw, NO_OBJ_SCORE))
+        obj_ptr = sam.obj_ptr_proj(tokens[:, 0])
+        lam = present.float()
+        if sam.fixed_no_obj_ptr:
+            obj_ptr = lam * obj_ptr
+        obj_ptr = obj_ptr + (1 - lam) * sam.no_obj_ptr
+        return raw[:, 0], masked, obj_logits[:, 0], obj_ptr, low_res
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(self, feats: SliceFeatures, order: list[int], bd_query: torch.Tensor | None = None,
+                  prompt=None, batch: int = 1, keep_memory: int | None = None):
+        """Run SAM2 memory propagation over slices ``order`` (first = conditioning slice).
+
+        ``feats`` hold ``batch * n_slices`` slices laid out (batch, slice); ``order`` indexes
+        slices within one batch item. ``prompt`` = (coords (B, P, 2), labels (B, P)) on the
+        conditioning slice, or None (auto mode). Returns per processed slice (in ``order``):
+        raw mask logits (B, S, S) and object logits (B,), stacked as (B, len(order), ...).
+        """
+        sam = self.sam
+        n_total = feats.low.shape[0]
+        n = n_total // batch
+        h, w = feats.low.shape[-2:]
+        keep = keep_memory or max(sam.num_maskmem, sam.max_obj_ptrs_in_encoder) + 1
+        out_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        logits, obj = [], []
+        for t, s in enumerate(order):
+            idx = torch.arange(batch, device=feats.low.device) * n + s
+            f = feats.select(idx)
+            flat = f.low.flatten(2).permute(2, 0, 1)  # (hw, B, C)
+            pos = f.pos.expand(batch, -1, -1, -1).flatten(2).permute(2, 0, 1)
+            is_cond = t == 0
+            pix = sam._prepare_memory_conditioned_features(
+                frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=[flat],
+                current_vision_pos_embeds=[pos], feat_sizes=[(h, w)], output_dict=out_dict,
+                num_frames=len(order), track_in_reverse=False,
+            )
+            if self.fusion is not None:
+                pix = self.fusion(pix, bd_query[idx], f.low, f.pos.expand(batch, -1, -1, -1))
+            raw, masked, obj_logit, obj_ptr, _ = self._heads(pix, f, prompt if is_cond else None)
+            mem, mem_pos = sam._encode_new_memory(
+                current_vision_feats=[flat], feat_sizes=[(h, w)], pred_masks_high_res=masked,
+                object_score_logits=obj_logit[:, None], is_mask_from_pts=is_cond and prompt is not None,
+            )
+            entry = {"maskmem_features": mem, "maskmem_pos_enc": mem_pos, "obj_ptr": obj_ptr}
+            out_dict["cond_frame_outputs" if is_cond else "non_cond_frame_outputs"][t] = entry
+            out_dict["non_cond_frame_outputs"].pop(t - keep, None)  # bounded memory on long volumes
+            logits.append(raw)
+            obj.append(obj_logit)
+        return torch.stack(logits, 1), torch.stack(obj, 1)
+
+    # ------------------------------------------------------------------ training forward
+    def forward_clip(self, images: torch.Tensor, key_index: torch.Tensor | None = None, prompt=None) -> dict:
+        """Training/validation forward over clips.
+
+        images (B, D, 3, S, S). Auto mode (``prompt`` None): slices are processed in clip
+        order from slice 0. Prompted mode: ``prompt`` on slice ``key_index`` (same for the
+        whole batch), propagated forward to the clip end and backward to its start.
+        Returns mask_logits (B, D, S, S), obj_logits (B, D), srpp (B, D, D) or None,
+        bd_logits (B, D, S, S) or None.
+        """
+        b, d = images.shape[:2]
+        feats = self.encode(images.flatten(0, 1))
+        srpp = None
+        if self.srpp is not None and self.training:
+            srpp = self.srpp(feats.low.view(b, d, *feats.low.shape[1:]))
+        bd_logits, bd_query = self.boundary(feats)
+        if prompt is None:
+            logits, obj = self.propagate(feats, list(range(d)), bd_query, None, batch=b)
+        else:
+            k = int(key_index)
+            fwd_l, fwd_o = self.propagate(feats, list(range(k, d)), bd_query, prompt, batch=b)
+            bwd_l, bwd_o = self.propagate(feats, list(range(k, -1, -1)), bd_query, prompt, batch=b)
+            logits = torch.cat([bwd_l.flip(1)[:, :k], fwd_l], 1)
+            obj = torch.cat([bwd_o.flip(1)[:, :k], fwd_o], 1)
+        out = {"mask_logits": logits, "obj_logits": obj, "srpp": srpp, "bd_logits": None}
+        if bd_logits is not None:
+            out["bd_logits"] = bd_logits.view(b, d, *bd_logits.shape[-2:])
+        return out
