@@ -65,6 +65,22 @@ def fetch_msd_cmd(
     _ok(f"{task} -> {dest}")
 
 
+@app.command("fetch-weights")
+def fetch_weights_cmd(
+    name: str = typer.Argument(..., help="sam2.1_hiera_tiny, sam2.1_hiera_small, sam2.1_hiera_base_plus or sam2.1_hiera_large."),
+    out: Path = typer.Option(..., "--out", help="Folder that receives OUT/NAME.pt."),
+    url: Optional[str] = typer.Option(None, "--url", help="Download URL or a local .pt path (default: Meta's URL)."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected SHA-256 of the file (default: the known one for NAME)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the SHA-256 check (warns loudly); the weights are still checked to load."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/NAME.pt (only after the new one is verified)."),
+) -> None:
+    """Download (resumably) and verify Meta's SAM2.1 checkpoint NAME: SHA-256, safe load, keys and shapes."""
+    from .model.weights import fetch_weights
+
+    dest = fetch_weights(name, out, url=url, sha256=sha256, overwrite=overwrite, verify_hash=not no_verify)
+    _ok(f"{name} -> {dest}")
+
+
 @app.command("synth")
 def synth_cmd(
     task: str = typer.Argument(..., help="MSD task to imitate: Task06_Lung, Task07_Pancreas or Task09_Spleen."),

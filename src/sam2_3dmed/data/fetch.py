@@ -1,9 +1,13 @@
-"""Download, verify and safely extract one MSD task tar.
+"""Download, verify and safely extract one MSD task tar; download and verify single files.
 
 ``fetch_msd`` is all-or-nothing: on any failure OUT holds nothing new, with one
 deliberate exception: a download that is cut off (network failure after all
 retries, Ctrl-C) stays as the hidden file ``OUT/.TASK.tar.part`` so that the next
 run resumes it with an HTTP Range request instead of starting over.
+
+``fetch_file`` applies the same machinery (resumable download, checksum, the same
+exception for cut-off downloads) to one file, e.g. model weights, with any
+``hashlib`` algorithm and an optional content check before the file appears.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from rich.progress import (
@@ -38,7 +42,7 @@ from rich.progress import (
 )
 
 from .. import __version__
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, atomic_file
 from ..console import console, log
 from ..errors import ChecksumError, InputFileError, UserError
 from . import msd
@@ -49,6 +53,7 @@ MAX_ATTEMPTS = 5  # consecutive attempts without progress before giving up
 RETRY_DELAY_S = 2.0  # times the number of consecutive failures
 
 _MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
+_HASH_NAMES = {"md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256", "sha512": "SHA-512"}
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE_RE = re.compile(r"bytes\s+\*/(\d+)")
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -123,6 +128,69 @@ def fetch_msd(
         if local is None and (bad_archive or _is_empty(part)):
             part.unlink(missing_ok=True)
         _remove_if_empty(out, created)
+
+
+def fetch_file(
+    source: str,
+    dest: str | Path,
+    expected: str | None,
+    algorithm: str = "sha256",
+    validate: Callable[[Path, str], None] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Fetch one file from ``source`` to ``dest``; return its hex digest.
+
+    ``source`` is an http(s) URL (downloaded resumably to the hidden sibling
+    ``.NAME.part``), a ``file://`` URL or a local path (copied, never moved).
+    ``expected`` is the lower-case hex digest under ``algorithm``; None skips the
+    comparison (the caller decides whether that is allowed and warns).
+    ``validate(path, label)`` may check the content and raise
+    :class:`InputFileError` naming ``label`` (the URL or the local path). ``dest``
+    only appears once the checksum and ``validate`` have passed; a bad file is
+    deleted, a cut-off download is kept for the next run to resume.
+    """
+    dest = Path(dest).expanduser()
+    if dest.is_dir() and not dest.is_symlink():
+        raise UserError("output is a folder; remove it yourself", dest)
+    if (dest.exists() or dest.is_symlink()) and not overwrite:
+        raise UserError("output already exists; remove it or pass --overwrite", dest)
+    local = _local_path(source)
+    if local is not None and not local.is_file():
+        raise InputFileError("is a folder, not a file" if local.is_dir() else "file does not exist", local)
+
+    name = _HASH_NAMES.get(algorithm, algorithm)
+    created = _make_dir(dest.parent)
+    part = dest.with_name(f".{dest.name}.part")
+    bad_file = False
+    try:
+        if local is not None:
+            label = str(local)
+            # hash the copy, not the original: what is checked is what is kept
+            with atomic_file(dest, overwrite=overwrite) as tmp:
+                actual = _copy_hashing(local, tmp, algorithm)
+                if expected is not None and actual != expected:
+                    raise ChecksumError(f"{name} mismatch: expected {expected}, got {actual}", label)
+                if validate is not None:
+                    validate(tmp, label)
+            return actual
+        label = source
+        actual = _download(source, part, algorithm)
+        try:
+            if expected is not None and actual != expected:
+                raise ChecksumError(f"{name} mismatch: expected {expected}, got {actual}", label)
+            if validate is not None:
+                validate(part, label)
+        except (ChecksumError, InputFileError):
+            bad_file = True
+            raise
+        with atomic_file(dest, overwrite=overwrite) as tmp:
+            os.replace(part, tmp)
+        return actual
+    finally:
+        if local is None and (bad_file or _is_empty(part)):
+            part.unlink(missing_ok=True)
+        if not dest.exists():
+            _remove_if_empty(dest.parent, created)
 
 
 # --- arguments and folders ---------------------------------------------------
@@ -218,6 +286,25 @@ def _md5_file(path: Path, description: str) -> str:
     return h.hexdigest()
 
 
+def _copy_hashing(src: Path, dst: Path, algorithm: str) -> str:
+    """Copy ``src`` to ``dst`` and return the digest of the bytes written."""
+    h = hashlib.new(algorithm)
+    try:
+        size = src.stat().st_size
+        _require_space(dst.parent, size)
+        with _bytes_progress() as progress, open(src, "rb") as fin, open(dst, "wb") as fout:
+            bar = progress.add_task(f"copy {src.name}", total=size)
+            while chunk := fin.read(CHUNK):
+                h.update(chunk)
+                fout.write(chunk)
+                progress.advance(bar, len(chunk))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError("no space left on device while copying", dst.parent) from None
+        raise InputFileError(f"cannot copy the file ({exc.strerror})", src) from None
+    return h.hexdigest()
+
+
 # --- download ----------------------------------------------------------------
 
 
@@ -226,12 +313,13 @@ class _Restart(Exception):
 
 
 class _PartFile:
-    """The partial download on disk, with the MD5 and size of exactly its bytes."""
+    """The partial download on disk, with the digest and size of exactly its bytes."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, algorithm: str = "md5"):
         self.path = path
         self.size = 0
-        self.md5 = hashlib.md5()
+        self.algorithm = algorithm
+        self.hash = hashlib.new(algorithm)
 
     def load(self, progress: Progress, bar: TaskID) -> None:
         """Hash what an earlier run left, so the digest covers the whole file."""
@@ -239,28 +327,28 @@ class _PartFile:
             return
         with open(self.path, "rb") as f:
             while chunk := f.read(CHUNK):
-                self.md5.update(chunk)
+                self.hash.update(chunk)
                 self.size += len(chunk)
                 progress.update(bar, completed=self.size)
 
     def reset(self) -> None:
         self.path.write_bytes(b"")
         self.size = 0
-        self.md5 = hashlib.md5()
+        self.hash = hashlib.new(self.algorithm)
 
     def append(self, f, chunk: bytes) -> None:
         try:
             f.write(chunk)
         except OSError as exc:
             raise UserError(f"cannot write the download ({exc.strerror})", self.path) from None
-        self.md5.update(chunk)
+        self.hash.update(chunk)
         self.size += len(chunk)
 
 
-def _download(url: str, path: Path) -> str:
-    """Download ``url`` into ``path``, resuming what is there; return the MD5."""
+def _download(url: str, path: Path, algorithm: str = "md5") -> str:
+    """Download ``url`` into ``path``, resuming what is there; return its hex digest."""
     name = posixpath.basename(urllib.parse.urlsplit(url).path) or path.name
-    part = _PartFile(path)
+    part = _PartFile(path, algorithm)
     with _bytes_progress() as progress:
         bar = progress.add_task(f"download {name}", total=None)
         part.load(progress, bar)
@@ -269,7 +357,7 @@ def _download(url: str, path: Path) -> str:
             before = part.size
             try:
                 _download_once(url, part, progress, bar)
-                return part.md5.hexdigest()
+                return part.hash.hexdigest()
             except _Restart:
                 reason: object = "server could not resume the partial file"
             except urllib.error.HTTPError as exc:

@@ -1,0 +1,1 @@
+"""Model layer: the SAM2.1 backbone at any image size, checkpoint loading, pretrained weights."""
