@@ -1,0 +1,1 @@
+"""Training: clip sampling from prepared volumes, prompt simulation, and the training loop."""

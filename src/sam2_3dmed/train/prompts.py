@@ -1,0 +1,139 @@
+"""Prompts simulated from a mask: key slice, box, positive click [ours, method.md decision 7].
+
+Used in training and, with the ground truth, in evaluation's ``prompted`` mode.
+Coordinates are pixels with ``x`` = column and ``y`` = row, integer = pixel centre; a
+box is ``[x0, y0, x1, y1]`` with the *inclusive* extreme columns/rows of the mask (as in
+SAM's ``batched_mask_to_box``). :func:`map_points` moves coordinates from the prepared
+slice onto the fitted S x S model input (see :mod:`sam2_3dmed.data.slices`).
+
+SAM2 convention (``SAM2ImagePredictor`` / ``SAM2VideoPredictor.add_new_points_or_box``):
+a box is two points labelled 2 (top-left) and 3 (bottom-right), placed *before* any
+clicks; a positive click is labelled 1 (negative 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..data.slices import FitInfo
+
+BOX_LABELS = (2, 3)
+POSITIVE = 1
+NEGATIVE = 0
+
+
+def _mask2d(mask) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2D mask, got shape {m.shape}")
+    return m > 0.5 if m.dtype.kind == "f" else m != 0
+
+
+def slice_areas(mask_zyx) -> np.ndarray:
+    """Foreground pixels per slice of a (z, y, x) mask (int64)."""
+    m = np.asarray(mask_zyx)
+    if m.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) mask, got shape {m.shape}")
+    m = m > 0.5 if m.dtype.kind == "f" else m != 0
+    return m.reshape(m.shape[0], -1).sum(axis=1).astype(np.int64)
+
+
+def key_slice(mask_zyx) -> int:
+    """Index of the slice with the largest cross-section (first among ties); -1 if empty."""
+    areas = slice_areas(mask_zyx)
+    if areas.size == 0 or areas.max() == 0:
+        return -1
+    return int(np.argmax(areas))
+
+
+def box_from_mask(mask2d, rng: np.random.Generator | None = None, jitter: float = 0.0) -> np.ndarray:
+    """Tight box ``[x0, y0, x1, y1]`` (float32) of a non-empty 2D mask.
+
+    With ``jitter > 0`` each side moves independently by up to ``jitter`` x the box's side
+    length (uniform, from ``rng``), then the box is clipped to the image.
+    """
+    m = _mask2d(mask2d)
+    rows = np.flatnonzero(m.any(axis=1))
+    cols = np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("cannot make a box from an empty mask")
+    box = np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+    if jitter > 0:
+        if rng is None:
+            raise ValueError("box jitter needs an rng")
+        w = box[2] - box[0] + 1.0
+        h = box[3] - box[1] + 1.0
+        box = box + rng.uniform(-jitter, jitter, size=4) * np.array([w, h, w, h])
+        hgt, wid = m.shape
+        box[[0, 2]] = np.clip(box[[0, 2]], 0, wid - 1)
+        box[[1, 3]] = np.clip(box[[1, 3]], 0, hgt - 1)
+        box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
+    return box.astype(np.float32)
+
+
+def point_from_mask(mask2d, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A positive click ``[x, y]`` (float32) inside a non-empty 2D mask.
+
+    Without ``rng``: the foreground pixel farthest from the boundary (the image border
+    counts as boundary; among ties, the one nearest to the ties' centroid). With ``rng``: a random
+    foreground pixel drawn with probability proportional to its squared distance to the
+    boundary, so clicks favour the interior but still vary.
+    """
+    m = _mask2d(mask2d)
+    if not m.any():
+        raise ValueError("cannot place a point in an empty mask")
+    dist = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+    if rng is None:
+        # ties (a ridge of equally deep pixels): the one nearest to the ridge's centroid
+        ys, xs = np.nonzero(dist >= dist.max() - 1e-6)
+        k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+        flat = int(np.ravel_multi_index((ys[k], xs[k]), m.shape))
+    else:
+        w = dist.ravel() ** 2
+        flat = int(rng.choice(w.size, p=w / w.sum()))
+    y, x = np.unravel_index(flat, m.shape)
+    return np.array([x, y], dtype=np.float32)
+
+
+def to_sam_points(box=None, point=None) -> tuple[np.ndarray, np.ndarray]:
+    """(coords (1, P, 2) float32, labels (1, P) int32) in SAM2's convention.
+
+    The box (if any) comes first as labels 2, 3; then the positive click (label 1).
+    ``point`` may be one ``[x, y]`` or several ``(N, 2)`` positive clicks.
+    """
+    coords, labels = [], []
+    if box is not None:
+        b = np.asarray(box, dtype=np.float32).reshape(4)
+        coords += [b[:2], b[2:]]
+        labels += list(BOX_LABELS)
+    if point is not None:
+        p = np.asarray(point, dtype=np.float32).reshape(-1, 2)
+        coords += list(p)
+        labels += [POSITIVE] * len(p)
+    if not coords:
+        raise ValueError("to_sam_points needs a box, a point or both")
+    return np.stack(coords)[None].astype(np.float32), np.asarray(labels, dtype=np.int32)[None]
+
+
+def map_points(coords, info: FitInfo) -> np.ndarray:
+    """Prepared-slice pixel coordinates -> fitted S x S input coordinates (float32).
+
+    ``coords``: (..., 2) points as (x, y), or (..., 4) boxes as [x0, y0, x1, y1].
+    """
+    c = np.asarray(coords, dtype=np.float64)
+    if c.shape[-1] == 4:
+        return info.map_xy(c.reshape(*c.shape[:-1], 2, 2)).reshape(c.shape)
+    if c.shape[-1] != 2:
+        raise ValueError(f"expected (..., 2) points or (..., 4) boxes, got shape {c.shape}")
+    return info.map_xy(c)
+
+
+def unmap_points(coords, info: FitInfo) -> np.ndarray:
+    """Inverse of :func:`map_points`: input coordinates -> prepared-slice pixels."""
+    c = np.asarray(coords, dtype=np.float64)
+    if c.shape[-1] == 4:
+        return info.unmap_xy(c.reshape(*c.shape[:-1], 2, 2)).reshape(c.shape)
+    if c.shape[-1] != 2:
+        raise ValueError(f"expected (..., 2) points or (..., 4) boxes, got shape {c.shape}")
+    return info.unmap_xy(c)
