@@ -115,6 +115,27 @@ def prepare_cmd(
     _ok(f"prepared {target} -> {dest}")
 
 
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Option(..., "--config", help="YAML config merged over the built-in defaults."),
+    target: str = typer.Option(..., "--target", help="Target name from the config."),
+    variant: str = typer.Option("full", "--variant", help="Variant from the config's `variants` (full, no_srpp, no_bd, sam2_ft, no_pretrain, ...)."),
+    fold: int = typer.Option(0, "--fold", min=0, help="Cross-validation fold (splits.json of the prepared target)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, logs; an existing last.pt is resumed."),
+    prepared: Optional[Path] = typer.Option(None, "--prepared", help="Prepared target folder (default: data.prepared/TARGET)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    stop_after_step: Optional[int] = typer.Option(None, "--stop-after-step", hidden=True,
+                                                  help="Testing aid: exit abruptly after this step (simulated kill)."),
+) -> None:
+    """Train SAM2-3dMed for one target, variant and fold; resumes from OUT/last.pt."""
+    from .config import load_config
+    from .train.trainer import train
+
+    cfg = load_config(config)
+    dest = train(cfg, target, variant, fold, out, prepared=prepared, device=device, stop_after_step=stop_after_step)
+    _ok(f"trained {target}/{variant}/fold {fold} -> {dest}")
+
+
 @app.command("validate-config")
 def validate_config_cmd(
     config: Path = typer.Argument(..., help="YAML config to check (merged over the built-in defaults)."),

@@ -28,7 +28,11 @@ def setup_logging(debug: bool = False) -> None:
     if log.handlers:
         log.setLevel(logging.DEBUG if debug else logging.INFO)
         return
-    handler = RichHandler(console=console, show_path=debug, show_time=False, markup=False)
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=debug, show_time=False, markup=False)
+    else:  # logs and pipes: one plain line per message, never wrapped
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
