@@ -11,14 +11,11 @@ import pickle
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 
-from sam2_3dmed.data import fetch as fetch_mod
 from sam2_3dmed.errors import ChecksumError, InputFileError, UserError
 from sam2_3dmed.model import weights as weights_mod
 from sam2_3dmed.model.backbone import build_sam2_base, count_parameters, load_sam2_checkpoint
@@ -259,66 +256,7 @@ def test_malicious_pickle_is_refused_not_run(tiny_64, tmp_path, fmt):
 
 # --- fetch-weights ---------------------------------------------------------------------------
 
-
-class _Handler(BaseHTTPRequestHandler):
-    """Serves server.files with single-range support ('bytes=N-')."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        st = self.server.state
-        rng = self.headers.get("Range")
-        st["requests"].append((self.path, rng))
-        data = st["files"].get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = int(re.fullmatch(r"bytes=(\d+)-", rng)[1]) if rng else 0
-        if start >= len(data) and rng:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(data)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(206 if rng else 200)
-        self.send_header("Content-Length", str(len(data) - start))
-        if rng:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        self.wfile.write(data[start:])
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass
-
-
-@pytest.fixture()
-def server():
-    httpd = _QuietServer(("127.0.0.1", 0), _Handler)
-    httpd.state = {"files": {}, "requests": []}
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    state = httpd.state
-    state["url"] = lambda name: f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture(autouse=True)
-def _fast_and_local(monkeypatch):
-    monkeypatch.setattr(fetch_mod, "RETRY_DELAY_S", 0.0)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-def serve(server, path: Path, data: bytes | None = None) -> str:
-    server["files"][f"/{path.name}"] = path.read_bytes() if data is None else data
-    return server["url"](path.name)
+# `server` (a local HTTP server with Range support) comes from conftest.py
 
 
 def test_registry():
@@ -332,7 +270,7 @@ def test_registry():
 def test_fetch_over_http_verifies_and_loads(server, served_ckpt, tmp_path):
     path, data, sha = served_ckpt
     out = tmp_path / "weights"
-    dest = fetch_weights(NAME, out, url=serve(server, path, data), sha256=sha.upper())
+    dest = fetch_weights(NAME, out, url=server.serve(path, data), sha256=sha.upper())
     assert dest == out / f"{NAME}.pt"
     assert tree(out) == [f"{NAME}.pt"]  # no .part, no temp file
     assert dest.read_bytes() == data  # and fetch_weights has loaded it strictly into hiera-tiny
@@ -341,7 +279,7 @@ def test_fetch_over_http_verifies_and_loads(server, served_ckpt, tmp_path):
 def test_fetch_wrong_hash_leaves_nothing(server, served_ckpt, tmp_path):
     path, data, sha = served_ckpt
     out = tmp_path / "new" / "weights"
-    url = serve(server, path, data)
+    url = server.serve(path, data)
     with pytest.raises(ChecksumError) as err:
         fetch_weights(NAME, out, url=url, sha256="0" * 64)
     msg = assert_one_line(err.value, url)
@@ -354,7 +292,7 @@ def test_fetch_right_hash_but_not_weights_leaves_nothing(server, tmp_path):
     torch.save({"model": {"w": torch.zeros(2)}, "x": Evil(tmp_path / "PWNED")}, evil)
     out = tmp_path / "weights"
     out.mkdir()
-    url = serve(server, evil)
+    url = server.serve(evil)
     with pytest.raises(InputFileError) as err:
         fetch_weights(NAME, out, url=url, sha256=sha256_of(evil))
     assert "refused" in assert_one_line(err.value, url)
@@ -367,8 +305,8 @@ def test_fetch_resumes_partial_download(server, served_ckpt, tmp_path):
     out.mkdir()
     n = 1_000_003
     (out / f".{NAME}.pt.part").write_bytes(data[:n])
-    fetch_weights(NAME, out, url=serve(server, path, data), sha256=sha)
-    assert server["requests"] == [(f"/{path.name}", f"bytes={n}-")]
+    fetch_weights(NAME, out, url=server.serve(path, data), sha256=sha)
+    assert server.requests == [(f"/{path.name}", f"bytes={n}-")]
     assert tree(out) == [f"{NAME}.pt"]
 
 
@@ -413,7 +351,7 @@ def _cli(*args, cwd):
 def test_cli_wrong_hash_is_one_line(server, served_ckpt, tmp_path):
     path, data, sha = served_ckpt
     out = tmp_path / "weights"
-    url = serve(server, path, data)
+    url = server.serve(path, data)
     res = _cli(NAME, "--out", str(out), "--url", url, "--sha256", "0" * 64, cwd=tmp_path)
     assert res.returncode == 1
     lines = res.stderr.splitlines()

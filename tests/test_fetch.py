@@ -4,14 +4,10 @@ import hashlib
 import io
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
 import tarfile
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +17,9 @@ from sam2_3dmed.data.fetch import fetch_msd
 from sam2_3dmed.errors import ChecksumError, InputFileError, UserError
 
 TASK = "Task09_Spleen"
+
+# no retry delays, no proxy for 127.0.0.1 (conftest.py), for the tests without `server` too
+pytestmark = pytest.mark.usefixtures("fast_and_local")
 
 
 # --- archives ----------------------------------------------------------------
@@ -109,101 +108,12 @@ def spleen_tar(tmp_path):
     return build_tar(tmp_path / "src" / "Task09_Spleen.tar", msd_entries())
 
 
-# --- HTTP server ---------------------------------------------------------------
-
-
-class ServerState:
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        self.ignore_range = False
-        self.status = None  # answer every request with this status
-        self.cut = 0  # this many responses stop after half their body
-        self.stall = 0  # this many responses hang after half their body
-
-
-class RangeHandler(BaseHTTPRequestHandler):
-    """Serves ServerState.files with single-range support ('bytes=N-') and scripted failures."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        st: ServerState = self.server.state
-        rng = self.headers.get("Range")
-        st.requests.append((self.path, rng))
-        if st.status:
-            self.send_error(st.status)
-            return
-        data = st.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start, status = 0, 200
-        if rng and not st.ignore_range:
-            start, status = int(re.fullmatch(r"bytes=(\d+)-", rng)[1]), 206
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        body = data[start:]
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        if st.cut or st.stall:
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            if st.cut:
-                st.cut -= 1  # returning closes the connection (HTTP/1.0): a short body
-            else:
-                st.stall -= 1
-                time.sleep(1.0)
-            return
-        self.wfile.write(body)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # broken pipes after a client timeout are expected
-
-
-@pytest.fixture()
-def server():
-    httpd = _QuietServer(("127.0.0.1", 0), RangeHandler)
-    httpd.state = ServerState()
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    state = httpd.state
-    state.url = lambda name: f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture(autouse=True)
-def _fast_and_local(monkeypatch):
-    monkeypatch.setattr(fetch_mod, "RETRY_DELAY_S", 0.0)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-def serve(server, tar_path: Path) -> str:
-    server.files[f"/{tar_path.name}"] = tar_path.read_bytes()
-    return server.url(tar_path.name)
-
-
 # --- download, verify, extract -------------------------------------------------------
 
 
 def test_download_verifies_and_extracts(server, spleen_tar, tmp_path):
     out = tmp_path / "out"
-    dest = fetch_msd(TASK, out, url=serve(server, spleen_tar), md5=md5_of(spleen_tar))
+    dest = fetch_msd(TASK, out, url=server.serve(spleen_tar), md5=md5_of(spleen_tar))
     assert dest == out / TASK
     assert_task_extracted(dest, spleen_tar)
     assert not (dest / "__MACOSX").exists() and not (out / "__MACOSX").exists()
@@ -213,7 +123,7 @@ def test_download_verifies_and_extracts(server, spleen_tar, tmp_path):
 
 def test_keep_archive_and_uppercase_md5(server, spleen_tar, tmp_path):
     out = tmp_path / "out"
-    fetch_msd(TASK, out, url=serve(server, spleen_tar), md5=md5_of(spleen_tar).upper(), keep_archive=True)
+    fetch_msd(TASK, out, url=server.serve(spleen_tar), md5=md5_of(spleen_tar).upper(), keep_archive=True)
     assert sorted(os.listdir(out)) == [TASK, f"{TASK}.tar"]
     assert md5_of(out / f"{TASK}.tar") == md5_of(spleen_tar)
 
@@ -235,7 +145,7 @@ def test_resume_sends_range_request(server, spleen_tar, tmp_path):
     data = spleen_tar.read_bytes()
     n = 123_457
     (out / f".{TASK}.tar.part").write_bytes(data[:n])
-    dest = fetch_msd(TASK, out, url=serve(server, spleen_tar), md5=md5_of(spleen_tar))
+    dest = fetch_msd(TASK, out, url=server.serve(spleen_tar), md5=md5_of(spleen_tar))
     assert server.requests == [(f"/{spleen_tar.name}", f"bytes={n}-")]
     assert_task_extracted(dest, spleen_tar)
     assert os.listdir(out) == [TASK]
@@ -247,7 +157,7 @@ def test_server_ignoring_range_restarts_from_zero(server, spleen_tar, tmp_path):
     # garbage in the .part: appending to it instead of restarting would fail the MD5
     (out / f".{TASK}.tar.part").write_bytes(b"x" * 50_000)
     server.ignore_range = True
-    dest = fetch_msd(TASK, out, url=serve(server, spleen_tar), md5=md5_of(spleen_tar))
+    dest = fetch_msd(TASK, out, url=server.serve(spleen_tar), md5=md5_of(spleen_tar))
     assert server.requests == [(f"/{spleen_tar.name}", "bytes=50000-")]
     assert_task_extracted(dest, spleen_tar)
 
@@ -257,13 +167,13 @@ def test_complete_part_answered_416(server, spleen_tar, tmp_path):
     out.mkdir()
     data = spleen_tar.read_bytes()
     (out / f".{TASK}.tar.part").write_bytes(data)
-    dest = fetch_msd(TASK, out, url=serve(server, spleen_tar), md5=md5_of(spleen_tar))
+    dest = fetch_msd(TASK, out, url=server.serve(spleen_tar), md5=md5_of(spleen_tar))
     assert server.requests == [(f"/{spleen_tar.name}", f"bytes={len(data)}-")]
     assert_task_extracted(dest, spleen_tar)
 
 
 def test_interrupted_download_is_resumed(server, spleen_tar, tmp_path):
-    url = serve(server, spleen_tar)
+    url = server.serve(spleen_tar)
     server.cut = 1
     dest = fetch_msd(TASK, tmp_path / "out", url=url, md5=md5_of(spleen_tar))
     half = len(spleen_tar.read_bytes()) // 2
@@ -273,7 +183,7 @@ def test_interrupted_download_is_resumed(server, spleen_tar, tmp_path):
 
 def test_stalled_download_times_out_and_resumes(server, spleen_tar, tmp_path, monkeypatch):
     monkeypatch.setattr(fetch_mod, "TIMEOUT_S", 0.3)
-    url = serve(server, spleen_tar)
+    url = server.serve(spleen_tar)
     server.stall = 1
     dest = fetch_msd(TASK, tmp_path / "out", url=url, md5=md5_of(spleen_tar))
     assert len(server.requests) == 2 and server.requests[1][1] is not None
@@ -285,7 +195,7 @@ def test_gives_up_after_retries_and_keeps_part_for_resume(server, spleen_tar, tm
     out.mkdir()
     part = out / f".{TASK}.tar.part"
     part.write_bytes(spleen_tar.read_bytes()[:1000])
-    url = serve(server, spleen_tar)
+    url = server.serve(spleen_tar)
     server.status = 503
     with pytest.raises(UserError, match="after 5 attempts.*HTTP 503.*run again to resume"):
         fetch_msd(TASK, out, url=url, md5=md5_of(spleen_tar))
@@ -300,7 +210,7 @@ def test_gives_up_after_retries_and_keeps_part_for_resume(server, spleen_tar, tm
 
 def test_ctrl_c_during_extraction_keeps_verified_download(server, spleen_tar, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    url = serve(server, spleen_tar)
+    url = server.serve(spleen_tar)
 
     def interrupted(*args):
         raise KeyboardInterrupt
@@ -340,7 +250,7 @@ def test_wrong_md5_leaves_nothing(server, spleen_tar, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("user data")
-    url = serve(server, spleen_tar)
+    url = server.serve(spleen_tar)
     with pytest.raises(ChecksumError) as err:
         fetch_msd(TASK, out, url=url, md5="0" * 32)
     msg = str(err.value)
@@ -415,7 +325,7 @@ def test_unsafe_download_is_deleted(server, tmp_path):
     tar_path = build_tar(tmp_path / "evil.tar", msd_entries() + [UNSAFE["dotdot"]])
     out = tmp_path / "out"
     with pytest.raises(InputFileError, match="refusing member"):
-        fetch_msd(TASK, out, url=serve(server, tar_path), md5=md5_of(tar_path))
+        fetch_msd(TASK, out, url=server.serve(tar_path), md5=md5_of(tar_path))
     assert not out.exists()
 
 
@@ -469,7 +379,7 @@ def test_existing_destination_refused_before_download(server, spleen_tar, tmp_pa
     (out / TASK).mkdir(parents=True)
     (out / TASK / "mine.txt").write_text("keep me")
     with pytest.raises(UserError, match="already exists.*--overwrite"):
-        fetch_msd(TASK, out, url=serve(server, spleen_tar), md5=md5_of(spleen_tar))
+        fetch_msd(TASK, out, url=server.serve(spleen_tar), md5=md5_of(spleen_tar))
     assert server.requests == []
     assert tree(out) == [TASK, f"{TASK}/mine.txt"]
 
@@ -478,7 +388,7 @@ def test_overwrite_replaces_destination(server, spleen_tar, tmp_path):
     out = tmp_path / "out"
     (out / TASK).mkdir(parents=True)
     (out / TASK / "mine.txt").write_text("old")
-    dest = fetch_msd(TASK, out, url=serve(server, spleen_tar), md5=md5_of(spleen_tar), overwrite=True)
+    dest = fetch_msd(TASK, out, url=server.serve(spleen_tar), md5=md5_of(spleen_tar), overwrite=True)
     assert_task_extracted(dest, spleen_tar)
     assert os.listdir(out) == [TASK]
 
@@ -506,7 +416,7 @@ def _cli(*args, cwd):
 
 def test_cli_wrong_md5_is_one_line(server, spleen_tar, tmp_path):
     out = tmp_path / "out"
-    for url in (str(spleen_tar), serve(server, spleen_tar)):
+    for url in (str(spleen_tar), server.serve(spleen_tar)):
         res = _cli(TASK, "--out", str(out), "--url", url, "--md5", "0" * 32, cwd=tmp_path)
         assert res.returncode != 0
         lines = res.stderr.splitlines()

@@ -20,14 +20,26 @@ from typing import Any
 from .errors import UserError
 
 
-def _check_parent_writable(final: Path) -> None:
-    parent = final.parent
+def ensure_dir(path: str | Path) -> Path | None:
+    """Create the folder ``path`` and its parents, and check that it is writable.
+
+    Return the topmost folder this created (to remove on failure), or None if
+    ``path`` already existed. Raises a one-line :class:`UserError` naming ``path``
+    if it cannot be created or is not writable.
+    """
+    path = Path(path)
+    top = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        top = p
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create output directory ({exc.strerror})", parent) from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError("output directory is not writable", parent)
+        raise UserError(f"cannot create output directory ({exc.strerror})", path) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError("output directory is not writable", path)
+    return top
 
 
 def _umask() -> int:
@@ -51,7 +63,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     final = Path(final)
     if final.exists() and not overwrite and not _is_empty_dir(final):
         raise UserError("output already exists; remove it or pass --overwrite", final)
-    _check_parent_writable(final)
+    ensure_dir(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like mkdir's
     try:
@@ -80,7 +92,7 @@ def atomic_file(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
     final = Path(final)
     if final.exists() and not overwrite:
         raise UserError("output already exists; remove it or pass --overwrite", final)
-    _check_parent_writable(final)
+    ensure_dir(final.parent)
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     os.close(fd)
     tmp = Path(name)

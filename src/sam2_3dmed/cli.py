@@ -136,6 +136,36 @@ def train_cmd(
     _ok(f"trained {target}/{variant}/fold {fold} -> {dest}")
 
 
+@app.command("metrics")
+def metrics_cmd(
+    pred: Path = typer.Argument(..., help="Predicted mask (NIfTI); any value > 0 is foreground."),
+    gt: Path = typer.Argument(..., help="Ground-truth mask (NIfTI) on the same grid; any value > 0 is foreground."),
+    tolerance_mm: float = typer.Option(1.0, "--tolerance-mm", help="NSD tolerance in mm (>= 0)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Score PRED against GT in 3D, in mm: Dice, IoU, HD95, NSD, ASSD (MONAI-compatible, never NaN)."""
+    import json
+    import math
+
+    from .evaluate.metrics import metrics_from_files
+
+    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        raise UserError(f"--tolerance-mm must be a finite number >= 0, got {tolerance_mm}")
+    m = metrics_from_files(pred, gt, tolerance_mm)
+    if as_json:
+        typer.echo(json.dumps({"pred": str(pred), "gt": str(gt), "mode": "3d", **m}))
+        return
+    typer.echo(f"{'pred':<14}{pred}\n{'gt':<14}{gt}")
+    typer.echo(f"{'spacing_mm':<14}{' x '.join(f'{s:.4g}' for s in m['spacing_mm'])}")
+    typer.echo(f"{'tolerance_mm':<14}{m['tolerance_mm']:g}")
+    for key in ("dice", "iou", "nsd"):
+        typer.echo(f"{key:<14}{m[key]:.4f}")
+    for key in ("hd95", "assd"):
+        typer.echo(f"{key + '_mm':<14}{m[key]:.3f}")
+    for key in ("pred_voxels", "gt_voxels"):
+        typer.echo(f"{key:<14}{m[key]}")
+
+
 @app.command("validate-config")
 def validate_config_cmd(
     config: Path = typer.Argument(..., help="YAML config to check (merged over the built-in defaults)."),
@@ -167,12 +197,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # usage errors (missing argument, value out of range); typer bundles its own click,
+        # so match its exception type by module rather than importing click
+        if type(exc).__module__.endswith("click.exceptions") and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
 
 

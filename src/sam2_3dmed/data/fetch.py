@@ -42,7 +42,7 @@ from rich.progress import (
 )
 
 from .. import __version__
-from ..atomic import atomic_dir, atomic_file
+from ..atomic import atomic_dir, atomic_file, ensure_dir
 from ..console import console, log
 from ..errors import ChecksumError, InputFileError, UserError
 from . import msd
@@ -96,7 +96,7 @@ def fetch_msd(
     if local is not None and not local.is_file():
         raise InputFileError("is a folder, not a tar archive" if local.is_dir() else "archive does not exist", local)
 
-    created = _make_dir(out)
+    created = ensure_dir(out)
     part = out / f".{task}.tar.part"
     bad_archive = False
     try:
@@ -159,7 +159,7 @@ def fetch_file(
         raise InputFileError("is a folder, not a file" if local.is_dir() else "file does not exist", local)
 
     name = _HASH_NAMES.get(algorithm, algorithm)
-    created = _make_dir(dest.parent)
+    created = ensure_dir(dest.parent)
     part = dest.with_name(f".{dest.name}.part")
     bad_file = False
     try:
@@ -216,24 +216,8 @@ def _local_path(source: str) -> Path | None:
     return Path(source).expanduser()
 
 
-def _make_dir(out: Path) -> Path | None:
-    """Create ``out`` and its parents; return the topmost folder created, if any."""
-    top = None
-    for p in (out, *out.parents):
-        if p.exists():
-            break
-        top = p
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output directory ({exc.strerror})", out) from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError("output directory is not writable", out)
-    return top
-
-
 def _remove_if_empty(out: Path, created: Path | None) -> None:
-    """Undo :func:`_make_dir` on failure: remove the folders it made while empty."""
+    """Undo :func:`ensure_dir` on failure: remove the folders it made while empty."""
     if created is None:
         return
     for p in (out, *out.parents):

@@ -100,7 +100,12 @@ def lr_lambda(warmup: int, total: int):
 
 
 def make_prompt(batch: dict, tcfg: dict, rng: np.random.Generator, device):
-    """Simulated prompt on the first item's key slice, or None (auto mode) for this step."""
+    """Simulated prompt for this step, or (None, None) for auto mode.
+
+    The batch is processed in one slice order, so all its clips share one conditioning
+    slice: the first clip's key slice. Each clip gets a box or point from its own mask on
+    that slice, or padding points (no prompt) where its organ is absent there.
+    """
     from .prompts import box_from_mask, point_from_mask
 
     key = int(batch["key_index"][0])
@@ -262,9 +267,9 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
             sums: dict[str, float] = {}
             for _ in range(tcfg["grad_accum"]):
                 batch = next(it)
-                batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                prng = np.random.default_rng((seed, 7, step))
-                key, prompt = make_prompt({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in batch.items()}, tcfg, prng, dev)
+                # prompts are simulated from the CPU copy of the masks, before the batch moves
+                key, prompt = make_prompt(batch, tcfg, np.random.default_rng((seed, 7, step)), dev)
+                batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                     outp = model.forward_clip(batch["image"], key_index=key, prompt=prompt)
                     terms = compute_losses(model, outp, batch, vcfg)
