@@ -48,6 +48,9 @@ def bench_variant(variant: str, size: int, clip: int, steps: int, frozen: bool, 
     from sam2_3dmed.train.dataset import ClipDataset, list_cases
     from sam2_3dmed.train.trainer import compute_losses
 
+    import logging
+
+    logging.getLogger("sam2_3dmed").setLevel(logging.ERROR)  # fresh process: no random-init banner per build
     cfg = variant_config(load_config(overrides={"model": {"image_size": size, "pretrained": False,
                                                           "freeze_encoder": frozen}}), variant)
     torch.manual_seed(0)
