@@ -116,24 +116,24 @@ def to_sam_points(box=None, point=None) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(coords)[None].astype(np.float32), np.asarray(labels, dtype=np.int32)[None]
 
 
+def _apply_xy(coords, fn) -> np.ndarray:
+    """Apply an (..., 2) -> (..., 2) coordinate map to points (..., 2) or boxes (..., 4)."""
+    c = np.asarray(coords, dtype=np.float64)
+    if c.shape[-1] == 4:
+        return fn(c.reshape(*c.shape[:-1], 2, 2)).reshape(c.shape)
+    if c.shape[-1] != 2:
+        raise ValueError(f"expected (..., 2) points or (..., 4) boxes, got shape {c.shape}")
+    return fn(c)
+
+
 def map_points(coords, info: FitInfo) -> np.ndarray:
     """Prepared-slice pixel coordinates -> fitted S x S input coordinates (float32).
 
     ``coords``: (..., 2) points as (x, y), or (..., 4) boxes as [x0, y0, x1, y1].
     """
-    c = np.asarray(coords, dtype=np.float64)
-    if c.shape[-1] == 4:
-        return info.map_xy(c.reshape(*c.shape[:-1], 2, 2)).reshape(c.shape)
-    if c.shape[-1] != 2:
-        raise ValueError(f"expected (..., 2) points or (..., 4) boxes, got shape {c.shape}")
-    return info.map_xy(c)
+    return _apply_xy(coords, info.map_xy)
 
 
 def unmap_points(coords, info: FitInfo) -> np.ndarray:
     """Inverse of :func:`map_points`: input coordinates -> prepared-slice pixels."""
-    c = np.asarray(coords, dtype=np.float64)
-    if c.shape[-1] == 4:
-        return info.unmap_xy(c.reshape(*c.shape[:-1], 2, 2)).reshape(c.shape)
-    if c.shape[-1] != 2:
-        raise ValueError(f"expected (..., 2) points or (..., 4) boxes, got shape {c.shape}")
-    return info.unmap_xy(c)
+    return _apply_xy(coords, info.unmap_xy)
