@@ -136,11 +136,11 @@ def _corrupt(exc: BaseException) -> str:
     return f"not a valid PyTorch checkpoint, corrupt or truncated ({_short_reason(exc)})"
 
 
-def read_state_dict(path: str | Path, label: str | None = None) -> dict[str, torch.Tensor]:
-    """The state dict in a SAM2 checkpoint file, read with ``weights_only=True``.
+def safe_torch_load(path: str | Path, label: str | None = None):
+    """``torch.load(weights_only=True)`` with every failure as a one-line InputFileError.
 
-    Accepts Meta's format ``{"model": state_dict}`` and a bare state dict. Every
-    problem is a one-line :class:`InputFileError` naming ``label`` (default: the path).
+    A file holding code (pickled callables) is refused without running anything;
+    missing, empty, truncated or garbage files get their own messages.
     """
     path = Path(path)
     label = str(path) if label is None else label
@@ -171,7 +171,17 @@ def read_state_dict(path: str | Path, label: str | None = None) -> dict[str, tor
             AttributeError, OverflowError) as exc:  # fmt: skip
         # torch raises all of these for garbage, truncated or bit-flipped files
         raise InputFileError(_corrupt(exc), label) from None
+    return obj
 
+
+def read_state_dict(path: str | Path, label: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict in a SAM2 checkpoint file, read with ``weights_only=True``.
+
+    Accepts Meta's format ``{"model": state_dict}`` and a bare state dict. Every
+    problem is a one-line :class:`InputFileError` naming ``label`` (default: the path).
+    """
+    label = str(path) if label is None else label
+    obj = safe_torch_load(path, label)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # Meta's format
     if not isinstance(obj, dict) or not obj:

@@ -37,6 +37,11 @@ class SliceFeatures:
         pos = self.pos if self.pos.shape[0] == 1 else self.pos[idx]
         return SliceFeatures(self.low[idx], self.s1[idx], self.s0[idx], pos)
 
+    def to(self, dtype: torch.dtype) -> "SliceFeatures":
+        if self.low.dtype == dtype:
+            return self
+        return SliceFeatures(self.low.to(dtype), self.s1.to(dtype), self.s0.to(dtype), self.pos.to(dtype))
+
 
 class SAM23dMed(nn.Module):
     def __init__(self, sam, *, adapter: bool = True, srpp: bool = True, bd: bool = True, bd_fusion: bool = True,
@@ -112,45 +117,75 @@ class SAM23dMed(nn.Module):
         return raw[:, 0], masked, obj_logits[:, 0], obj_ptr, low_res
 
     # ------------------------------------------------------------------ propagation
-    def propagate(self, feats: SliceFeatures, order: list[int], bd_query: torch.Tensor | None = None,
-                  prompt=None, batch: int = 1, keep_memory: int | None = None):
-        """Run SAM2 memory propagation over slices ``order`` (first = conditioning slice).
+    def propagate_iter(self, feats: SliceFeatures, order: list[int], bd_query: torch.Tensor | None = None,
+                       prompt=None, batch: int = 1, keep_memory: int | None = None, *, cond: int | None = None,
+                       reverse: bool | None = None, num_frames: int | None = None):
+        """Run SAM2 memory propagation over slices ``order``; yield (slice, logits, obj).
 
-        ``feats`` hold ``batch * n_slices`` slices laid out (batch, slice); ``order`` indexes
-        slices within one batch item. ``prompt`` = (coords (B, P, 2), labels (B, P)) on the
-        conditioning slice, or None (auto mode). Returns per processed slice (in ``order``):
-        raw mask logits (B, S, S) and object logits (B,), stacked as (B, len(order), ...).
+        ``feats`` hold ``batch * n_slices`` slices laid out (batch, slice), possibly stored in a
+        compact dtype (they are cast to the model's dtype one slice at a time); ``order``
+        indexes slices within one batch item. The conditioning slice ``cond`` (default
+        ``order[0]``) is processed first, with ``prompt`` = (coords (B, P, 2), labels (B, P))
+        or without one (auto mode); if it also appears later in ``order`` its output is
+        yielded again there, not recomputed (as SAM2's video predictor does). Memory is keyed
+        by slice index, so the "previous" slice is s - 1, or s + 1 with ``reverse`` (default:
+        the order descends), exactly SAM2's ``track_in_reverse``. Yields per slice in
+        ``order``: raw mask logits (B, S, S) and object logits (B,).
         """
         sam = self.sam
-        n_total = feats.low.shape[0]
-        n = n_total // batch
+        n = feats.low.shape[0] // batch
+        num_frames = num_frames or n
+        cond = order[0] if cond is None else cond
+        if reverse is None:
+            reverse = len(order) > 1 and order[1] < order[0]
+        step = -1 if reverse else 1
         h, w = feats.low.shape[-2:]
         keep = keep_memory or max(sam.num_maskmem, sam.max_obj_ptrs_in_encoder) + 1
+        dtype = next(self.sam.sam_mask_decoder.parameters()).dtype
+        cast = feats.low.dtype != dtype and not torch.is_autocast_enabled()  # compact storage
         out_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        logits, obj = [], []
-        for t, s in enumerate(order):
+        cond_result = None
+        seq = order if order[0] == cond else [cond, *order]
+        for s in seq:
+            if s == cond and cond_result is not None:  # the order reaches the conditioning slice
+                yield (s, *cond_result)
+                continue
             idx = torch.arange(batch, device=feats.low.device) * n + s
-            f = feats.select(idx)
+            f = feats.select(idx).to(dtype) if cast else feats.select(idx)
             flat = f.low.flatten(2).permute(2, 0, 1)  # (hw, B, C)
             pos = f.pos.expand(batch, -1, -1, -1).flatten(2).permute(2, 0, 1)
-            is_cond = t == 0
+            is_cond = s == cond
             pix = sam._prepare_memory_conditioned_features(
-                frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=[flat],
+                frame_idx=s, is_init_cond_frame=is_cond, current_vision_feats=[flat],
                 current_vision_pos_embeds=[pos], feat_sizes=[(h, w)], output_dict=out_dict,
-                num_frames=len(order), track_in_reverse=False,
+                num_frames=num_frames, track_in_reverse=reverse,
             )
             if self.fusion is not None:
-                pix = self.fusion(pix, bd_query[idx], f.low, f.pos.expand(batch, -1, -1, -1))
+                q = bd_query[idx].to(dtype) if cast else bd_query[idx]
+                pix = self.fusion(pix, q, f.low, f.pos.expand(batch, -1, -1, -1))
             raw, masked, obj_logit, obj_ptr, _ = self._heads(pix, f, prompt if is_cond else None)
             mem, mem_pos = sam._encode_new_memory(
                 current_vision_feats=[flat], feat_sizes=[(h, w)], pred_masks_high_res=masked,
                 object_score_logits=obj_logit[:, None], is_mask_from_pts=is_cond and prompt is not None,
             )
             entry = {"maskmem_features": mem, "maskmem_pos_enc": mem_pos, "obj_ptr": obj_ptr}
-            out_dict["cond_frame_outputs" if is_cond else "non_cond_frame_outputs"][t] = entry
-            out_dict["non_cond_frame_outputs"].pop(t - keep, None)  # bounded memory on long volumes
+            if is_cond:
+                out_dict["cond_frame_outputs"][s] = entry
+                cond_result = (raw, obj_logit)
+                if order[0] != cond:
+                    continue  # yielded when the order reaches it
+            else:
+                out_dict["non_cond_frame_outputs"][s] = entry
+                out_dict["non_cond_frame_outputs"].pop(s - step * keep, None)  # bounded memory on long volumes
+            yield s, raw, obj_logit
+
+    def propagate(self, feats: SliceFeatures, order: list[int], bd_query: torch.Tensor | None = None,
+                  prompt=None, batch: int = 1, keep_memory: int | None = None, **kw):
+        """:meth:`propagate_iter` collected: logits (B, len(order), S, S), obj (B, len(order))."""
+        logits, obj = [], []
+        for _s, raw, o in self.propagate_iter(feats, order, bd_query, prompt, batch, keep_memory, **kw):
             logits.append(raw)
-            obj.append(obj_logit)
+            obj.append(o)
         return torch.stack(logits, 1), torch.stack(obj, 1)
 
     # ------------------------------------------------------------------ training forward
