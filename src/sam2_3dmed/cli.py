@@ -136,6 +136,61 @@ def train_cmd(
     _ok(f"trained {target}/{variant}/fold {fold} -> {dest}")
 
 
+@app.command("predict")
+def predict_cmd(
+    model: Path = typer.Argument(..., help="A trained checkpoint (best.pt or last.pt of a run)."),
+    input: Path = typer.Argument(..., help="CT scan: NIfTI (.nii/.nii.gz), NRRD/MHA, or a folder with one DICOM series."),
+    output: Path = typer.Argument(..., help="Label map to write (.nii.gz): exactly the input's grid and affine."),
+    prompt_box: Optional[str] = typer.Option(None, "--prompt-box", help="z,x0,y0,x1,y1 in the input's voxel indices (x = 1st array axis, y = 2nd, z = 3rd, 0-based)."),
+    prompt_point: Optional[str] = typer.Option(None, "--prompt-point", help="z,x,y: one positive click in the input's voxel indices."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    base_weights: Optional[Path] = typer.Option(None, "--base-weights", help="SAM2 weights the model was trained on (default: model.checkpoint of its config)."),
+    largest_component: Optional[bool] = typer.Option(None, "--largest-component/--all-components", help="Keep only the largest connected component (default: the target's config)."),
+    passes: Optional[str] = typer.Option(None, "--passes", help="Prompted mode: half (from the prompt slice outwards) or full (both directions over the whole volume)."),
+    series_id: Optional[str] = typer.Option(None, "--series-id", help="DICOM SeriesInstanceUID when the folder holds several series."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUTPUT."),
+) -> None:
+    """Segment one scan (auto mode, or prompted with a box/point) and write the mask on its grid."""
+    from .infer.predict import predict_file
+
+    if passes not in (None, "half", "full"):
+        raise UserError(f"--passes must be half or full, got {passes!r}")
+    info = predict_file(model, input, output, prompt_box, prompt_point, device, base_weights,
+                        largest_component, passes, series_id, overwrite)
+    _ok(f"predicted {info['target']} ({info['mode']} mode, {info['voxels']} voxels, {info['volume_ml']:.1f} ml) -> {output}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    config: Path = typer.Option(..., "--config", help="YAML config merged over the built-in defaults."),
+    target: str = typer.Option(..., "--target", help="Target name from the config."),
+    variant: str = typer.Option("full", "--variant", help="Variant that was trained."),
+    fold: int = typer.Option(0, "--fold", min=0, help="Cross-validation fold of the run."),
+    run: Path = typer.Option(..., "--run", help="The run folder of `train` (holds best.pt / last.pt)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: metrics.csv and summary.json (created atomically)."),
+    prepared: Optional[Path] = typer.Option(None, "--prepared", help="Prepared target folder (default: data.prepared/TARGET)."),
+    split: Optional[str] = typer.Option(None, "--split", help="val or test (default: evaluate.split)."),
+    modes: Optional[str] = typer.Option(None, "--modes", help="Comma-separated: auto,prompted (default: evaluate.modes)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="best, last or a path (default: evaluate.checkpoint)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    base_weights: Optional[Path] = typer.Option(None, "--base-weights", help="SAM2 weights the model was trained on (default: model.checkpoint)."),
+    max_cases: Optional[int] = typer.Option(None, "--max-cases", min=1, help="Score only the first N cases of the split."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (only after the new one is complete)."),
+) -> None:
+    """Predict and score every validation (or test) case in auto and prompted mode, in 3D, in mm."""
+    from .config import load_config
+    from .evaluate.run import evaluate_run
+
+    if split not in (None, "val", "test"):
+        raise UserError(f"--split must be val or test, got {split!r}")
+    cfg = load_config(config)
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()] if modes else None
+    dest = evaluate_run(cfg, target, variant, fold, run, out, prepared=prepared, split=split, modes=mode_list,
+                        checkpoint=checkpoint, device=device, base_weights=base_weights, max_cases=max_cases,
+                        overwrite=overwrite)
+    _ok(f"evaluated {target}/{variant}/fold {fold} -> {dest}")
+
+
 @app.command("metrics")
 def metrics_cmd(
     pred: Path = typer.Argument(..., help="Predicted mask (NIfTI); any value > 0 is foreground."),

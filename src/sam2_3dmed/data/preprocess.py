@@ -141,7 +141,7 @@ class PreparedCase:
 
 def prepare_arrays(
     image: np.ndarray,
-    label: np.ndarray,
+    label: np.ndarray | None,
     affine: np.ndarray,
     *,
     spacing_mm,
@@ -155,7 +155,12 @@ def prepare_arrays(
     target_labels=(1,),
     rng: np.random.Generator | None = None,
 ) -> PreparedCase:
-    """Run the forward chain on one case (HU image and integer label on the same grid)."""
+    """Run the forward chain on one case (HU image and integer label on the same grid).
+
+    ``label=None`` (prediction on a new scan): the crop is the body alone.
+    """
+    if label is None:
+        label = np.zeros(image.shape, dtype=np.uint8)
     ras_img, ras_affine = to_ras(image, affine)
     ras_lab, _ = to_ras(label, affine)
     ras_shape = list(ras_img.shape)

@@ -1,14 +1,25 @@
 """Whole-volume prediction on the prepared grid [ours, method.md decision 6].
 
-Each slice is encoded ONCE (in batches) and its features cached; SAM2 memory propagation
-then runs inferior->superior and superior->inferior over the cached features, and the two
-probability maps are averaged. ``auto`` mode needs no prompt: the first slice of each
-direction is an unprompted conditioning slice. ``prompted`` mode puts a box or point on a
-key slice and propagates from it in both directions.
+Each slice is encoded ONCE (in batches of ``chunk`` slices) and its features cached,
+optionally in a compact dtype (``infer.feature_dtype: float16`` in the config: about
+2.6 MB per slice at 512 px, so a 300-slice volume needs ~0.8 GB instead of ~1.6 GB in
+float32; features are cast back one slice at a time). SAM2 memory propagation then runs over the cached features in both directions and
+the two probability maps are averaged.
+
+Modes (always recorded next to the numbers they produce):
+
+* ``auto`` (no prompt): each direction starts from its first slice as an unprompted
+  conditioning slice and covers the whole volume.
+* ``prompted``: a box or point on a key slice is the conditioning slice of both passes.
+  ``passes="half"`` (default, as in training and SAM2 practice) propagates from the key
+  slice outwards, superior and inferior; ``passes="full"`` runs both directions over the
+  whole volume with the prompted slice as conditioning memory (as SAM2's video predictor
+  does when asked to propagate from the first and from the last frame) and averages them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +27,8 @@ import torch
 
 from ..data.slices import fit_to_square, to_sam_input, unfit
 from ..model.network import SAM23dMed, SliceFeatures
+
+FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -26,20 +39,40 @@ class Prompt:
     box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
     point: tuple[float, float] | None = None  # x, y (positive click)
 
+    @property
+    def kind(self) -> str:
+        return "box" if self.box is not None else "point"
 
-def _encode_all(model: SAM23dMed, images: torch.Tensor, chunk: int) -> tuple[SliceFeatures, torch.Tensor | None]:
-    lows, s1s, s0s, queries, pos = [], [], [], [], None
-    for i in range(0, images.shape[0], chunk):
-        f = model.encode(images[i:i + chunk])
+
+def encode_volume(model: SAM23dMed, image_zyx, chunk: int = 16, device="cpu", feature_dtype: str = "float16",
+                  progress=None):
+    """Encode every slice once. Returns (features, boundary queries or None, FitInfo).
+
+    Slices are fitted to the model's square input and normalised ``chunk`` at a time, so
+    neither the 3-channel input volume nor float32 features of all slices exist at once.
+    """
+    store = FEATURE_DTYPES[feature_dtype]
+    n = image_zyx.shape[0]
+    lows, s1s, s0s, queries, pos, info = [], [], [], [], None, None
+    for i in range(0, n, chunk):
+        fitted, info = fit_to_square(np.asarray(image_zyx[i:i + chunk], dtype=np.float32), model.image_size)
+        f = model.encode(to_sam_input(fitted).to(device))
         _, q = model.boundary(f)
-        lows.append(f.low)
-        s1s.append(f.s1)
-        s0s.append(f.s0)
-        pos = f.pos
+        lows.append(f.low.to(store))
+        s1s.append(f.s1.to(store))
+        s0s.append(f.s0.to(store))
+        pos = f.pos.to(store)
         if q is not None:
-            queries.append(q)
+            queries.append(q.to(store))
+        if progress is not None:
+            progress(min(n, i + chunk))
     feats = SliceFeatures(torch.cat(lows), torch.cat(s1s), torch.cat(s0s), pos)
-    return feats, (torch.cat(queries) if queries else None)
+    return feats, (torch.cat(queries) if queries else None), info
+
+
+def feature_bytes(feats: SliceFeatures, query: torch.Tensor | None) -> int:
+    ts = [feats.low, feats.s1, feats.s0, feats.pos] + ([query] if query is not None else [])
+    return sum(t.numel() * t.element_size() for t in ts)
 
 
 def _points(prompt: Prompt, info, device):
@@ -59,37 +92,76 @@ def _points(prompt: Prompt, info, device):
             torch.tensor([labels], dtype=torch.int32, device=device))
 
 
+def _run(model, feats, query, order, prompt_pts, cond, out: torch.Tensor, weight: float, tick=None) -> None:
+    """Propagate over ``order``; add ``weight`` * probability of each slice into ``out``."""
+    for s, raw, obj in model.propagate_iter(feats, order, query, prompt_pts, cond=cond):
+        out[s] += weight * _prob(raw, obj)[0].float().cpu()
+        if tick is not None:
+            tick()
+
+
 @torch.no_grad()
 def predict_prepared(model: SAM23dMed, image_zyx: np.ndarray, prompt: Prompt | None = None,
-                     chunk: int = 16, device: str | torch.device = "cpu") -> np.ndarray:
-    """Probability map (z, y, x) float32 on the prepared grid for a (z, y, x) image in [0, 1]."""
+                     chunk: int = 16, device: str | torch.device = "cpu", feature_dtype: str = "float32",
+                     passes: str = "half", progress=None, stats: dict | None = None) -> np.ndarray:
+    """Probability map (z, y, x) float32 on the prepared grid for a (z, y, x) image in [0, 1].
+
+    ``progress(done, total)`` is called as slices are encoded and propagated; ``stats``
+    (a dict) receives the feature cache size in bytes and the number of propagation steps.
+    """
+    if passes not in ("half", "full"):
+        raise ValueError(f"passes must be 'half' or 'full', got {passes!r}")
     was_training = model.training
     model.eval()
     try:
+        n = int(image_zyx.shape[0])
         size = model.image_size
-        fitted, info = fit_to_square(np.asarray(image_zyx, dtype=np.float32), size, mode="bilinear")
-        images = to_sam_input(fitted).to(device)
-        feats, query = _encode_all(model, images, chunk)
-        n = images.shape[0]
+        steps = 2 * n if (prompt is None or passes == "full") else n + 1
+        total, done = n + steps, [0]
+
+        def tick(k=1):
+            done[0] += k
+            if progress is not None:
+                progress(done[0], total)
+
+        feats, query, info = encode_volume(
+            model, image_zyx, chunk, device, feature_dtype,
+            progress=(lambda m: (done.__setitem__(0, m), progress and progress(m, total))),
+        )
+        prob = torch.zeros(n, size, size, dtype=torch.float32)
+        fwd, bwd = list(range(n)), list(range(n - 1, -1, -1))
         if prompt is None:
-            fwd, fo = model.propagate(feats, list(range(n)), query, None)
-            bwd, bo = model.propagate(feats, list(range(n - 1, -1, -1)), query, None)
-            p_fwd = _prob(fwd, fo)[0]
-            p_bwd = _prob(bwd, bo)[0].flip(0)
-            prob = 0.5 * (p_fwd + p_bwd)
+            _run(model, feats, query, fwd, None, None, prob, 0.5, tick)
+            _run(model, feats, query, bwd, None, None, prob, 0.5, tick)
         else:
             k = int(prompt.slice_index)
             if not 0 <= k < n:
                 raise ValueError(f"prompt slice {k} outside the volume's {n} slices")
             pts = _points(prompt, info, device)
-            fwd, fo = model.propagate(feats, list(range(k, n)), query, pts)
-            bwd, bo = model.propagate(feats, list(range(k, -1, -1)), query, pts)
-            p_fwd = _prob(fwd, fo)[0]
-            p_bwd = _prob(bwd, bo)[0].flip(0)
-            prob = torch.cat([p_bwd[:k], p_fwd], 0)
-        return unfit(prob.float().cpu(), info, mode="bilinear").numpy().astype(np.float32)
+            if passes == "full":
+                _run(model, feats, query, fwd, pts, k, prob, 0.5, tick)
+                _run(model, feats, query, bwd, pts, k, prob, 0.5, tick)
+            else:
+                _run(model, feats, query, list(range(k, n)), pts, k, prob, 1.0, tick)
+                _half_back(model, feats, query, k, pts, prob, tick)
+        if stats is not None:
+            stats.update(feature_cache_bytes=feature_bytes(feats, query), slices=n, steps=steps)
+        del feats, query
+        outs = [unfit(prob[i:i + chunk], info, mode="bilinear") for i in range(0, n, chunk)]
+        return torch.cat(outs).numpy().astype(np.float32, copy=False)
     finally:
         model.train(was_training)
+
+
+def _half_back(model, feats, query, k, pts, prob, tick) -> None:
+    """Inferior half: from the key slice down to 0; the key slice's output is kept from
+    the superior half (same conditioning computation)."""
+    if k == 0:
+        return
+    for s, raw, obj in model.propagate_iter(feats, list(range(k, -1, -1)), query, pts, cond=k):
+        if s != k:
+            prob[s] += _prob(raw, obj)[0].float().cpu()
+            tick()
 
 
 def _prob(logits: torch.Tensor, obj_logits: torch.Tensor) -> torch.Tensor:
@@ -103,3 +175,11 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     p, r = pred.astype(bool), ref.astype(bool)
     denom = p.sum() + r.sum()
     return 1.0 if denom == 0 else float(2.0 * (p & r).sum() / denom)
+
+
+def fmt_bytes(n: int) -> str:
+    if n <= 0:
+        return "0 B"
+    units = ["B", "KB", "MB", "GB", "TB"]
+    i = min(len(units) - 1, int(math.log(n, 1024)))
+    return f"{n / 1024 ** i:.1f} {units[i]}"

@@ -57,16 +57,10 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: dic
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    from ..model.backbone import safe_torch_load
+
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError("checkpoint does not exist", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        text = str(exc).split("\n")[0][:160]
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise InputFileError("refused: the file contains executable objects, not just weights", path) from None
-        raise InputFileError(f"not a readable checkpoint ({text})", path) from None
+    state = safe_torch_load(path)
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise InputFileError(f"not a sam2-3dmed checkpoint (expected format {CKPT_FORMAT})", path)
     return state
@@ -164,6 +158,36 @@ def validate(model, prepared: Path, case_ids: list[str], device) -> dict:
     return scores
 
 
+# ---------------------------------------------------------------- bookkeeping
+MODULES = {
+    "image_encoder": "sam.image_encoder.", "memory_attention": "sam.memory_attention.",
+    "memory_encoder": "sam.memory_encoder.", "prompt_encoder": "sam.sam_prompt_encoder.",
+    "mask_decoder": "sam.sam_mask_decoder.", "adapter": "adapter.", "srpp": "srpp.", "bd": "bd.",
+    "bd_fusion": "fusion.",
+}
+
+
+def module_parameters(model: torch.nn.Module) -> dict:
+    """{module: {"total": n, "trainable": n}}; SAM2's small leftovers go to ``sam_other``."""
+    out = {k: {"total": 0, "trainable": 0} for k in [*MODULES, "sam_other"]}
+    for name, p in model.named_parameters():
+        key = next((k for k, pre in MODULES.items() if name.startswith(pre)), "sam_other")
+        out[key]["total"] += p.numel()
+        out[key]["trainable"] += p.numel() if p.requires_grad else 0
+    return {k: v for k, v in out.items() if v["total"]}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA peak allocated memory, or on CPU the process's peak resident set size (MB)."""
+    import resource
+    import sys
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024
+
+
 # ---------------------------------------------------------------- main entry
 def _csv_rows(path: Path, upto_step: int) -> list[dict]:
     if not path.is_file():
@@ -249,8 +273,13 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
         persistent_workers=False, drop_last=True,
     )
     use_amp = tcfg["amp"] and dev.type == "cuda"
+    base_sha = None
+    if mcfg["pretrained"] and encoder_frozen(mcfg):
+        from ..infer.predict import sha256_file
+        base_sha = sha256_file(Path(mcfg["checkpoint"]))  # predict checks the frozen weights against it
     meta = lambda: {"target": target, "variant": variant, "fold": fold, "best_dice": best,  # noqa: E731
-                    "encoder_frozen": encoder_frozen(mcfg), "pretrained": mcfg["pretrained"]}
+                    "encoder_frozen": encoder_frozen(mcfg), "pretrained": mcfg["pretrained"],
+                    "base_weights_sha256": base_sha}
     trainable = [p for p in model.parameters() if p.requires_grad]
     t_start = time.perf_counter()
     it = iter(loader)
@@ -310,5 +339,8 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
         "encoder_frozen": encoder_frozen(mcfg), "pretrained": mcfg["pretrained"],
         "trainable_parameters": sum(p.numel() for p in trainable),
         "total_parameters": sum(p.numel() for p in model.parameters()),
+        "parameters_per_module": module_parameters(model),
+        "peak_memory_mb": peak_memory_mb(dev),
+        "median_step_seconds": float(np.median([float(r["seconds"]) for r in train_rows])) if train_rows else None,
     })
     return out
