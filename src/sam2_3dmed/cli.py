@@ -221,6 +221,24 @@ def metrics_cmd(
         typer.echo(f"{key:<14}{m[key]}")
 
 
+@app.command("report")
+def report_cmd(
+    config: Path = typer.Option(..., "--config", help="YAML config merged over the built-in defaults."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: results/reports, or results/demo/reports for synthetic data)."),
+    targets: Optional[str] = typer.Option(None, "--targets", help="Comma-separated targets (default: run.targets; those without runs are skipped)."),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="Runs folder (default: results/runs, or results/demo/runs for synthetic data)."),
+) -> None:
+    """Write self-contained HTML pages (OUT/<target>.html, OUT/index.html) from the runs and their evaluations."""
+    from .config import load_config
+    from .report import build_report, default_out_dir
+
+    cfg = load_config(config)
+    names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    dest = out or default_out_dir(cfg)
+    pages = build_report(cfg, config, dest, names, runs)
+    _ok(f"wrote {len(pages)} pages -> {dest}")
+
+
 @app.command("validate-config")
 def validate_config_cmd(
     config: Path = typer.Argument(..., help="YAML config to check (merged over the built-in defaults)."),
