@@ -172,7 +172,7 @@ def predict_volume(lm: LoadedModel, image_zyx: np.ndarray, geom: CaseGeometry, p
     with new_progress() as progress:
         bar = progress.add_task(label, total=None)
         prob = predict_prepared(
-            lm.model, image_zyx, prompt, chunk=icfg["chunk"], device=lm.device,
+            lm.model, image_zyx, prompt, chunk=None if icfg["chunk"] == "auto" else icfg["chunk"], device=lm.device,
             feature_dtype=icfg["feature_dtype"], passes=passes or icfg["prompted_passes"],
             progress=lambda done, total: progress.update(bar, completed=done, total=total), stats=stats,
         )
