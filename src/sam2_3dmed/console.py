@@ -24,6 +24,24 @@ console = Console(stderr=True)
 log = logging.getLogger("sam2_3dmed")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (not the stream at set-up), so a
+    replaced or closed stderr (test capture, embedding) never breaks logging."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(debug: bool = False) -> None:
     if log.handlers:
         log.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -31,7 +49,7 @@ def setup_logging(debug: bool = False) -> None:
     if console.is_terminal:
         handler: logging.Handler = RichHandler(console=console, show_path=debug, show_time=False, markup=False)
     else:  # logs and pipes: one plain line per message, never wrapped
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
