@@ -20,7 +20,7 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected"; exit 0; fi; exit $$rc
 
 bench: setup
-	python benchmarks/bench_prepare.py
+	set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; python $$b; done
 
 clean-demo:
 	rm -rf data/demo results/demo .snakemake

@@ -14,6 +14,7 @@ would put the mask in the wrong place and the Dice near 0.
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -37,8 +38,28 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """Train with the demo settings, or (CI) take the demo run that just finished.
+
+    With SAM2_3DMED_REUSE_DEMO=1 the module uses the demo's own outputs (data/demo,
+    results/demo: the same config, data and seed this fixture would train with) instead
+    of training the same model a second time; the run must be complete and its stored
+    config must equal config/demo.yaml's, otherwise the tests fail (they never skip).
+    """
     root = tmp_path_factory.mktemp("learning")
     cfg = load_config(REPO / "config" / "demo.yaml")
+    if os.environ.get("SAM2_3DMED_REUSE_DEMO"):
+        from sam2_3dmed.config import variant_config
+        from sam2_3dmed.train.trainer import load_checkpoint
+
+        run = REPO / "results" / "demo" / "runs" / "spleen" / "full" / "fold0"
+        summary = json.loads((run / "train_summary.json").read_text())
+        stored = load_checkpoint(run / "last.pt")["config"]
+        want = variant_config(cfg, "full")
+        assert summary["steps"] == cfg["train"]["steps"], summary
+        assert {k: stored[k] for k in ("model", "train", "splits")} == \
+               {k: want[k] for k in ("model", "train", "splits")}, "demo run was trained with other settings"
+        return {"root": root, "cfg": cfg, "task": REPO / cfg["data"]["root"] / "Task09_Spleen",
+                "prep": REPO / cfg["data"]["prepared"] / "spleen", "run": run, "minutes": float("nan")}
     syn = cfg["data"]["synthetic"]
     task = synth_task("Task09_Spleen", root / "raw", cases=syn["cases"], test_cases=0,
                       seed=syn["seed"], size=syn["size"])

@@ -1,0 +1,26 @@
+# Reports: one call renders every target's page and the index from all runs and their
+# evaluations (self-contained HTML, figures embedded).
+
+REPORTS = f"{RESULTS}/reports"
+
+
+rule report:
+    input:
+        evals=expand(f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/eval/{EVAL_SPLIT}",
+                     target=TARGETS, variant=VARIANTS, fold=FOLDS),
+        config=CONFIG_FILE,
+    output:
+        index=f"{REPORTS}/index.html",
+        pages=expand(f"{REPORTS}/{{target}}.html", target=TARGETS),
+    log:
+        f"{LOGS}/report/report.log",
+    benchmark:
+        f"{LOGS}/report/report.bench.tsv"
+    params:
+        targets=",".join(TARGETS),
+    resources:
+        runtime=30,
+        mem_mb=8000,
+    shell:
+        "sam2-3dmed report --config {input.config:q} --out {REPORTS:q} --runs {RUNS:q}"
+        " --targets {params.targets:q} > {log:q} 2>&1"
