@@ -94,3 +94,24 @@ def test_pretrained_without_checkpoint_is_a_config_error(setup):
     p.write_text(yaml.safe_dump(cfg))
     r = run_train(p, prep, root / "z")
     assert r.returncode == 1 and "model.checkpoint: required" in r.stderr
+
+
+@pytest.mark.slow
+def test_changed_settings_are_refused_or_restart_keeping_the_old_run(setup):
+    """A run folder made with other settings is not resumed as if nothing changed."""
+    root, cfg_path, prep = setup
+    out = root / "changed"
+    assert run_train(cfg_path, prep, out).returncode == 0
+    old = load_checkpoint(out / "last.pt")
+    cfg = dict(OVERRIDES, train={**OVERRIDES["train"], "lr": 5e-4})
+    p = root / "changed.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = run_train(p, prep, out)
+    assert r.returncode == 1 and "--restart-if-changed" in r.stderr.strip().splitlines()[-1]
+    assert load_checkpoint(out / "last.pt")["run_key"] == old["run_key"]  # untouched
+    r = run_train(p, prep, out, "--restart-if-changed")
+    assert r.returncode == 0, r.stderr
+    assert "moved to" in r.stderr and "resuming" not in r.stderr
+    assert load_checkpoint(out / "superseded" / "last.pt")["run_key"] == old["run_key"]
+    new = load_checkpoint(out / "last.pt")
+    assert new["step"] == 6 and new["run_key"] != old["run_key"] and new["config"]["train"]["lr"] == 5e-4

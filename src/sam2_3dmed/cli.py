@@ -124,6 +124,7 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, logs; an existing last.pt is resumed."),
     prepared: Optional[Path] = typer.Option(None, "--prepared", help="Prepared target folder (default: data.prepared/TARGET)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    restart_if_changed: bool = typer.Option(False, "--restart-if-changed", help="If OUT holds a run made with other settings or data, move it to OUT/superseded/ and start over (default: refuse)."),
     stop_after_step: Optional[int] = typer.Option(None, "--stop-after-step", hidden=True,
                                                   help="Testing aid: exit abruptly after this step (simulated kill)."),
 ) -> None:
@@ -132,7 +133,8 @@ def train_cmd(
     from .train.trainer import train
 
     cfg = load_config(config)
-    dest = train(cfg, target, variant, fold, out, prepared=prepared, device=device, stop_after_step=stop_after_step)
+    dest = train(cfg, target, variant, fold, out, prepared=prepared, device=device, stop_after_step=stop_after_step,
+                 on_change="restart" if restart_if_changed else "error")
     _ok(f"trained {target}/{variant}/fold {fold} -> {dest}")
 
 

@@ -211,8 +211,40 @@ def pick_device(requested: str | None) -> torch.device:
     return torch.device(requested)
 
 
+def run_key(vcfg: dict, target: str, fold: int, prepared: Path) -> str:
+    """What a run's result depends on: the model and training settings, the target, the
+    fold, and the prepared data (its fingerprint and splits). A run folder whose
+    checkpoint carries another key is stale, not resumable."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": vcfg["model"], "train": vcfg["train"], "target": vcfg["targets"][target],
+                         "fold": fold}, sort_keys=True).encode())
+    for name in ("fingerprint.json", "splits.json"):
+        f = prepared / name
+        h.update(f.read_bytes() if f.is_file() else b"")
+    return h.hexdigest()
+
+
+def _supersede(out: Path, reason: str) -> None:
+    """Move a stale run's files to OUT/superseded/ (replacing an older superseded run)."""
+    import shutil
+
+    old = out / "superseded"
+    if old.exists():
+        shutil.rmtree(old)
+    old.mkdir()
+    for f in out.iterdir():
+        if f.name != "superseded" and f.is_file():
+            f.rename(old / f.name)
+    log.warning("%s: %s; the old run was moved to %s and training starts over", out, reason, old)
+
+
 def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prepared: str | Path | None = None,
-          device: str | None = None, stop_after_step: int | None = None) -> Path:
+          device: str | None = None, stop_after_step: int | None = None, on_change: str = "error") -> Path:
+    """Train (or resume) one run. ``on_change``: what to do when OUT holds a run made with
+    other settings or data: ``error`` (default) or ``restart`` (move it to
+    OUT/superseded/ and start over; the workflow uses this when its inputs changed)."""
     from .dataset import ClipDataset, list_cases
 
     vcfg = variant_config(cfg, variant)
@@ -246,11 +278,18 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
 
     step, best = 0, -1.0
     last = out / "last.pt"
+    this_run = run_key(vcfg, target, fold, prepared)
     if last.is_file():
         state = load_checkpoint(last)
         if state.get("target") != target or state.get("variant") != variant or state.get("fold") != fold:
             raise UserError(f"holds a checkpoint of {state.get('target')}/{state.get('variant')}/fold {state.get('fold')}, "
                             f"not {target}/{variant}/fold {fold}", out)
+        if state.get("run_key") != this_run:
+            reason = "holds a run made with other settings or prepared data"
+            if on_change != "restart":
+                raise UserError(f"{reason}; pass --restart-if-changed to move it aside and start over", out)
+            _supersede(out, reason)
+    if last.is_file():
         load_trainable(model, state, last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -279,7 +318,7 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
         base_sha = sha256_file(Path(mcfg["checkpoint"]))  # predict checks the frozen weights against it
     meta = lambda: {"target": target, "variant": variant, "fold": fold, "best_dice": best,  # noqa: E731
                     "encoder_frozen": encoder_frozen(mcfg), "pretrained": mcfg["pretrained"],
-                    "base_weights_sha256": base_sha}
+                    "base_weights_sha256": base_sha, "run_key": this_run}
     trainable = [p for p in model.parameters() if p.requires_grad]
     t_start = time.perf_counter()
     it = iter(loader)
