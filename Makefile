@@ -12,7 +12,7 @@ setup:
 
 ## CPU demo on synthetic MSD-format data: the Snakemake workflow with config/demo.yaml
 demo: setup
-	snakemake --cores $(CORES) --config config_file=config/demo.yaml
+	bash scripts/workflow.sh config/demo.yaml $(CORES)
 
 ## all tests, slow ones included (pytest exits 5 when nothing is selected: not a failure)
 test: setup

@@ -48,7 +48,6 @@ else:
 rule prepare:
     input:
         task_dir=lambda wc: f"{RAW}/{TASK_OF[wc.target]}",
-        config=CONFIG_FILE,
     output:
         directory(f"{PREPARED}/{{target}}"),
     log:
@@ -57,9 +56,11 @@ rule prepare:
         f"{LOGS}/prepare/{{target}}.bench.tsv"
     params:
         out=lambda wc: f"{PREPARED}/{wc.target}",
+        config=CONFIG_FILE,
+        settings=lambda wc: settings(target=target_config(CFG, wc.target), prepare=CFG["prepare"], splits=CFG["splits"]),
     resources:
         runtime=120,
         mem_mb=8000,
     shell:
         "sam2-3dmed prepare {input.task_dir:q} --target {wildcards.target:q} --out {params.out:q}"
-        " --config {input.config:q} > {log:q} 2>&1"
+        " --config {params.config:q} > {log:q} 2>&1"

@@ -9,20 +9,24 @@ rule evaluate:
     input:
         summary=f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/train_summary.json",
         prepared=f"{PREPARED}/{{target}}",
-        config=CONFIG_FILE,
         weights=_weights,
     output:
-        directory(f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/eval/{EVAL_SPLIT}"),
+        folder=directory(f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/eval/{EVAL_SPLIT}"),
+        # a copy of summary.json outside the run folders, for `dvc metrics show`
+        metrics=f"{METRICS}/{{target}}/{{variant}}/fold{{fold}}_{EVAL_SPLIT}.json",
     log:
         f"{LOGS}/evaluate/{{target}}_{{variant}}_fold{{fold}}.log",
     benchmark:
         f"{LOGS}/evaluate/{{target}}_{{variant}}_fold{{fold}}.bench.tsv"
     params:
         run=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
+        config=CONFIG_FILE,
+        settings=lambda wc: settings(target=target_config(CFG, wc.target), infer=CFG["infer"],
+                                     evaluate=CFG["evaluate"]),
     resources:
         runtime=240,
         mem_mb=16000,
     shell:
-        "sam2-3dmed evaluate --config {input.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
-        " --fold {wildcards.fold} --run {params.run:q} --prepared {input.prepared:q} --out {output:q}"
-        " --overwrite > {log:q} 2>&1"
+        "sam2-3dmed evaluate --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
+        " --fold {wildcards.fold} --run {params.run:q} --prepared {input.prepared:q} --out {output.folder:q}"
+        " --overwrite > {log:q} 2>&1 && cp {output.folder:q}/summary.json {output.metrics:q}"

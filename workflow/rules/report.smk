@@ -8,7 +8,6 @@ rule report:
     input:
         evals=expand(f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/eval/{EVAL_SPLIT}",
                      target=TARGETS, variant=VARIANTS, fold=FOLDS),
-        config=CONFIG_FILE,
     output:
         index=f"{REPORTS}/index.html",
         pages=expand(f"{REPORTS}/{{target}}.html", target=TARGETS),
@@ -18,9 +17,11 @@ rule report:
         f"{LOGS}/report/report.bench.tsv"
     params:
         targets=",".join(TARGETS),
+        config=CONFIG_FILE,
+        settings=settings(cfg=CFG),
     resources:
         runtime=30,
         mem_mb=8000,
     shell:
-        "sam2-3dmed report --config {input.config:q} --out {REPORTS:q} --runs {RUNS:q}"
+        "sam2-3dmed report --config {params.config:q} --out {REPORTS:q} --runs {RUNS:q}"
         " --targets {params.targets:q} > {log:q} 2>&1"

@@ -1,6 +1,8 @@
 # Training: one job per target x variant x fold. Only train_summary.json is declared as
 # output, so a restarted job (crash, kill, SLURM requeue) finds the run folder's last.pt
-# and resumes instead of starting over.
+# and resumes instead of starting over. When the job re-runs because its settings or
+# prepared data changed, the checkpoint's run key no longer matches and the stale run is
+# moved to superseded/ (--restart-if-changed) before training starts over.
 
 
 def _weights(wc):
@@ -26,7 +28,6 @@ rule fetch_weights:
 rule train:
     input:
         prepared=f"{PREPARED}/{{target}}",
-        config=CONFIG_FILE,
         weights=_weights,
     output:
         summary=f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/train_summary.json",
@@ -36,9 +37,13 @@ rule train:
         f"{LOGS}/train/{{target}}_{{variant}}_fold{{fold}}.bench.tsv"
     params:
         out=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
+        config=CONFIG_FILE,
+        settings=lambda wc: settings(target=target_config(CFG, wc.target),
+                                     model=variant_config(CFG, wc.variant)["model"],
+                                     train=variant_config(CFG, wc.variant)["train"]),
     resources:
         runtime=1440,
         mem_mb=32000,
     shell:
-        "sam2-3dmed train --config {input.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
-        " --fold {wildcards.fold} --prepared {input.prepared:q} --out {params.out:q} > {log:q} 2>&1"
+        "sam2-3dmed train --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
+        " --fold {wildcards.fold} --prepared {input.prepared:q} --out {params.out:q} --restart-if-changed > {log:q} 2>&1"

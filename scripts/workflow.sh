@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run the whole Snakemake workflow for one config: the one command behind `make demo` and
+# both DVC stages. Usage: scripts/workflow.sh CONFIG [CORES]
+# SNAKEMAKE_PROFILE=slurm runs every job on SLURM through the project's profile (./slurm).
+set -euo pipefail
+config=${1:?usage: scripts/workflow.sh CONFIG [CORES]}
+cores=${2:-2}
+args=(--cores "$cores" --config "config_file=$config")
+if [ -n "${SNAKEMAKE_PROFILE:-}" ]; then
+  args+=(--profile "$SNAKEMAKE_PROFILE")
+fi
+exec snakemake "${args[@]}"
