@@ -19,7 +19,9 @@ signs of x and y, so with ``F = diag(-1, -1, 1)`` the RAS affine is
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
+import locale
 import os
 import re
 import tempfile
@@ -40,6 +42,21 @@ _LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS, its own inverse
 _CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
+def _keep_locale(fn):
+    """GDCM (DICOM via SimpleITK) switches the process locale to "C", which turns Python's
+    default text encoding into ASCII for the rest of the process; put it back."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        saved = locale.setlocale(locale.LC_ALL)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with contextlib.suppress(locale.Error):
+                locale.setlocale(locale.LC_ALL, saved)
+    return wrapper
+
+
+@_keep_locale
 def read_image(path: str | Path, series_id: str | None = None) -> Volume:
     """Read a 3D image file or DICOM series folder as a float32 RAS :class:`Volume`."""
     path = Path(path)
@@ -217,6 +234,7 @@ def _lps_geometry(affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return _LPS @ np.asarray(affine_ras, dtype=np.float64)[:3, 3], spacing, m / spacing
 
 
+@_keep_locale
 def write_sitk(data_ijk: np.ndarray, affine_ras: np.ndarray, path: str | Path, compress: bool = True) -> Path:
     """Write ``data_ijk`` with a RAS affine as NRRD/MetaImage (format from the suffix) via SimpleITK.
 
@@ -249,6 +267,7 @@ def _ds(values) -> str:
     return "\\".join(f"{float(v):.10g}" for v in values)
 
 
+@_keep_locale
 def write_dicom_series(
     data_ijk: np.ndarray,
     affine_ras: np.ndarray,
