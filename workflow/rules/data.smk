@@ -10,12 +10,14 @@ if CFG["data"]["source"] == "msd":
     rule fetch_msd:
         output:
             directory(f"{RAW}/{{task}}"),
+        conda:
+            CONDA_ENV
         log:
             f"{LOGS}/fetch_msd/{{task}}.log",
         benchmark:
             f"{LOGS}/fetch_msd/{{task}}.bench.tsv"
         params:
-            out=RAW,
+            out=lambda wc, output: str(Path(output[0]).parent),
         resources:
             runtime=240,
             mem_mb=4000,
@@ -27,12 +29,14 @@ else:
     rule synth:
         output:
             directory(f"{RAW}/{{task}}"),
+        conda:
+            CONDA_ENV
         log:
             f"{LOGS}/synth/{{task}}.log",
         benchmark:
             f"{LOGS}/synth/{{task}}.bench.tsv"
         params:
-            out=RAW,
+            out=lambda wc, output: str(Path(output[0]).parent),
             cases=CFG["data"]["synthetic"]["cases"],
             test_cases=CFG["data"]["synthetic"]["test_cases"],
             seed=CFG["data"]["synthetic"]["seed"],
@@ -50,6 +54,8 @@ rule prepare:
         task_dir=lambda wc: f"{RAW}/{TASK_OF[wc.target]}",
     output:
         directory(f"{PREPARED}/{{target}}"),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/prepare/{{target}}.log",
     benchmark:

@@ -14,6 +14,8 @@ rule evaluate:
         folder=directory(f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/eval/{EVAL_SPLIT}"),
         # a copy of summary.json outside the run folders, for `dvc metrics show`
         metrics=f"{METRICS}/{{target}}/{{variant}}/fold{{fold}}_{EVAL_SPLIT}.json",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/evaluate/{{target}}_{{variant}}_fold{{fold}}.log",
     benchmark:

@@ -11,17 +11,21 @@ rule report:
     output:
         index=f"{REPORTS}/index.html",
         pages=expand(f"{REPORTS}/{{target}}.html", target=TARGETS),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/report/report.log",
     benchmark:
         f"{LOGS}/report/report.bench.tsv"
     params:
         targets=",".join(TARGETS),
+        out=lambda wc, output: str(Path(output.index).parent),
+        runs=lambda wc, input: str(Path(input.evals[0]).parents[4]),  # RUNS/<target>/<variant>/fold<k>/eval/<split>
         config=CONFIG_FILE,
         settings=settings(cfg=CFG),
     resources:
         runtime=30,
         mem_mb=8000,
     shell:
-        "sam2-3dmed report --config {params.config:q} --out {REPORTS:q} --runs {RUNS:q}"
+        "sam2-3dmed report --config {params.config:q} --out {params.out:q} --runs {params.runs:q}"
         " --targets {params.targets:q} > {log:q} 2>&1"

@@ -5,15 +5,13 @@
 # moved to superseded/ (--restart-if-changed) before training starts over.
 
 
-def _weights(wc):
-    """The SAM2.1 checkpoint a variant needs (none for random-init variants)."""
-    m = variant_config(CFG, wc.variant)["model"]
-    return [m["checkpoint"]] if m["pretrained"] else []
 
 
 rule fetch_weights:
     output:
         "results/weights/{name}.pt",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/fetch_weights/{{name}}.log",
     benchmark:
@@ -31,6 +29,8 @@ rule train:
         weights=_weights,
     output:
         summary=f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/train_summary.json",
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/train/{{target}}_{{variant}}_fold{{fold}}.log",
     benchmark:
