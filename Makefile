@@ -3,6 +3,9 @@ VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 CORES ?= 2
+# SNAKEMAKE_PROFILE=slurm runs the demo's jobs on SLURM (scripts/workflow.sh)
+SNAKEMAKE_PROFILE ?=
+export SNAKEMAKE_PROFILE
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench clean-demo

@@ -69,7 +69,7 @@ def project(tmp_path_factory):
     proj = tmp_path_factory.mktemp("dvcproj")
     for name in ("workflow", "scripts"):
         shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "environment.yml"):
         shutil.copy(REPO / name, proj / name)
     (proj / "config").mkdir()
     (proj / "config" / "demo.yaml").write_text(yaml.safe_dump(TINY))

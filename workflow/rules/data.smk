@@ -7,6 +7,9 @@ wildcard_constraints:
 
 if CFG["data"]["source"] == "msd":
 
+    localrules:
+        fetch_msd,  # downloads run on the submit host: compute nodes often have no internet
+
     rule fetch_msd:
         output:
             directory(f"{RAW}/{{task}}"),

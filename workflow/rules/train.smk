@@ -7,6 +7,10 @@
 
 
 
+localrules:
+    fetch_weights,  # downloads run on the submit host: compute nodes often have no internet
+
+
 rule fetch_weights:
     output:
         "results/weights/{name}.pt",
@@ -45,5 +49,7 @@ rule train:
         runtime=1440,
         mem_mb=32000,
     shell:
+        # appended, with a header per attempt: a resumed (requeued, retried) job keeps the earlier log
+        "echo \"== $(date -Is) on $(hostname), SLURM job ${{SLURM_JOB_ID:-none}}\" >> {log:q}; "
         "sam2-3dmed train --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
-        " --fold {wildcards.fold} --prepared {input.prepared:q} --out {params.out:q} --restart-if-changed > {log:q} 2>&1"
+        " --fold {wildcards.fold} --prepared {input.prepared:q} --out {params.out:q} --restart-if-changed >> {log:q} 2>&1"
