@@ -28,6 +28,7 @@ rule evaluate:
     resources:
         runtime=240,
         mem_mb=16000,
+    threads: 4
     shell:
         "sam2-3dmed evaluate --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
         " --fold {wildcards.fold} --run {params.run:q} --prepared {input.prepared:q} --out {output.folder:q}"

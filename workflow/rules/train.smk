@@ -48,6 +48,9 @@ rule train:
     resources:
         runtime=1440,
         mem_mb=32000,
+    # torch's CPU threads (Snakemake exports OMP_NUM_THREADS = threads; capped by --cores
+    # locally and by --max-threads, SNAKEMAKE_MAX_THREADS in scripts/workflow.sh)
+    threads: 8
     shell:
         # appended, with a header per attempt: a resumed (requeued, retried) job keeps the earlier log
         "echo \"== $(date -Is) on $(hostname), SLURM job ${{SLURM_JOB_ID:-none}}\" >> {log:q}; "
