@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _snakemake import job_counts
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -50,18 +52,7 @@ def sh(*args, cwd, check=True, timeout=900):
 def dry_run_jobs(proj) -> dict:
     """{rule: count} from `snakemake -n` (the job-stats table)."""
     out = sh("snakemake", "-n", "--cores", "1", "--config", "config_file=config/demo.yaml", cwd=proj).stdout
-    jobs, in_table = {}, False
-    for line in out.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if len(parts) == 2 and parts[1].isdigit():
-                jobs[parts[0]] = int(parts[1])
-    return jobs
+    return job_counts(out)
 
 
 @pytest.fixture(scope="module")

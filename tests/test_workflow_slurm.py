@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _snakemake import job_counts
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = {  # the smallest useful run: one target, one fold, 3 training steps
@@ -73,22 +75,6 @@ def make_project(root: Path, config: dict) -> Path:
     (root / "config").mkdir()
     (root / "config" / "run.yaml").write_text(yaml.safe_dump(config))
     return root
-
-
-def job_counts(text: str) -> dict:
-    """{rule: count} from Snakemake's job-stats table."""
-    jobs, in_table = {}, False
-    for line in text.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if len(parts) == 2 and parts[1].isdigit():
-                jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 def job_resources(text: str) -> dict:
