@@ -6,6 +6,11 @@
 # more CPUs than the machine has).
 set -euo pipefail
 config=${1:?usage: scripts/workflow.sh CONFIG [CORES]}
+# `dvc repro` from a shell without the project's venv activated: use the venv's tools
+if ! command -v snakemake >/dev/null && [ -x .venv/bin/snakemake ]; then
+  PATH="$PWD/.venv/bin:$PATH"
+  export PATH
+fi
 cores=${2:-2}
 args=(--cores "$cores" --config "config_file=$config")
 if [ -n "${SNAKEMAKE_MAX_THREADS:-}" ]; then
