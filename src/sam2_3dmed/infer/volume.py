@@ -127,18 +127,20 @@ def predict_prepared(model: SAM23dMed, image_zyx: np.ndarray, prompt: Prompt | N
         n = int(image_zyx.shape[0])
         size = model.image_size
         chunk = chunk or auto_chunk(size, device)
-        steps = 2 * n if (prompt is None or passes == "full") else n + 1
-        total, done = n + steps, [0]
+        both_full = prompt is None or passes == "full"
+        steps = 2 * n if both_full else n + 1  # half: the key slice conditions both halves
+        total = n + (2 * n if both_full else n)  # slices encoded + slice outputs
+        done = [0]
 
-        def tick(k=1):
-            done[0] += k
+        def report(value: int) -> None:
+            done[0] = value
             if progress is not None:
-                progress(done[0], total)
+                progress(value, total)
 
-        feats, query, info = encode_volume(
-            model, image_zyx, chunk, device, feature_dtype,
-            progress=(lambda m: (done.__setitem__(0, m), progress and progress(m, total))),
-        )
+        def tick() -> None:
+            report(done[0] + 1)
+
+        feats, query, info = encode_volume(model, image_zyx, chunk, device, feature_dtype, progress=report)
         prob = torch.zeros(n, size, size, dtype=torch.float32)
         fwd, bwd = list(range(n)), list(range(n - 1, -1, -1))
         if prompt is None:

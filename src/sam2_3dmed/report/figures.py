@@ -104,6 +104,13 @@ def _smooth(y: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
+def _step_axis(ax, ylabel: str) -> None:
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
 def training_figure(train_log, val_log, title: str) -> str | None:
     """Left: every loss term vs step (raw, faint; smoothed, solid). Right: validation Dice vs step."""
     if train_log is None and val_log is None:
@@ -130,10 +137,7 @@ def training_figure(train_log, val_log, title: str) -> str | None:
         ax_l.legend(fontsize=7, ncols=5, loc="best", framealpha=0.85)
     else:
         ax_l.text(0.5, 0.5, "no train_log.csv", ha="center", va="center", transform=ax_l.transAxes)
-    ax_l.set_xlabel("step", fontsize=8)
-    ax_l.set_ylabel("loss (smoothed; raw faint)", fontsize=8)
-    ax_l.tick_params(labelsize=7)
-    ax_l.grid(alpha=0.3)
+    _step_axis(ax_l, "loss (smoothed; raw faint)")
     if val_log is not None and len(val_log):
         step = val_log["step"].to_numpy(dtype=float)
         for c in val_log.columns:
@@ -146,10 +150,7 @@ def training_figure(train_log, val_log, title: str) -> str | None:
         ax_r.set_ylim(-0.02, 1.02)
     else:
         ax_r.text(0.5, 0.5, "no val_log.csv", ha="center", va="center", transform=ax_r.transAxes)
-    ax_r.set_xlabel("step", fontsize=8)
-    ax_r.set_ylabel("validation 3D Dice", fontsize=8)
-    ax_r.tick_params(labelsize=7)
-    ax_r.grid(alpha=0.3)
+    _step_axis(ax_r, "validation 3D Dice")
     fig.suptitle(title, fontsize=9)
     return to_data_uri(fig, palette=True)
 
