@@ -22,8 +22,10 @@ test: setup
 	@pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected"; exit 0; fi; exit $$rc
 
+## every benchmark, then benchmarks/RESULTS.md (BENCH_ARGS="--skip quality" for the fast ones)
+BENCH_ARGS ?=
 bench: setup
-	set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; python $$b; done
+	python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf data/demo results/demo .snakemake

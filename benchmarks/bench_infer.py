@@ -89,6 +89,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import emit
 
 # --------------------------------------------------------------------------- volume
 
@@ -398,6 +399,10 @@ def main() -> None:
                 print(f"[{setting}] WARNING: BOTH OUTPUTS ARE EMPTY (the object score calls every slice absent); "
                       "Dice 1.0 of two empty masks proves nothing. Use --checkpoint or --obj-score-bias.")
 
+        for st, (to_, tp_, _, c_) in results.items():
+            emit(f"whole-volume inference ({st} passes), hiera-{backbone} {size} px, {n} slices", to_, tp_,
+                 "sam2 SAM2VideoPredictor (same weights, frames, box)", "s/volume", better="lower",
+                 note=f"outputs agree: Dice {c_['dice']:.4f}" + (" (BOTH EMPTY)" if c_["empty"] else ""))
         s = "full" if "full" in results else args.settings[0]
         to, tp, tinc, c = results[s]
         note = " (BOTH EMPTY: proves nothing)" if c["empty"] else ""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import emit, machine
 
 
 def rss_mb() -> float:
@@ -118,6 +119,9 @@ def main() -> None:
                         res[v] = pool.apply(bench_variant, (v, size, args.clip, args.steps, frozen, prep, device))
                 (tb, mb, pb), (tf, mf, pf) = res["sam2_ft"], res["full"]
                 enc = "frozen" if frozen else "trained"
+                emit(f"training step cost of SRPP+BD, {size} px, encoder {enc}, D={args.clip}", tf, tb,
+                     "sam2_ft (plain SAM2 fine-tune, same loop)", "s/step", better="lower",
+                     machine_desc=machine(args.device), note="ratio < 1: the price of the extra heads")
                 print(f"{size:4d} px, encoder {enc:7s}: step full {tf:.3f} s vs sam2_ft {tb:.3f} s -> ratio {tf / tb:.2f}x; "
                       f"peak mem full {mf:.0f} MB vs sam2_ft {mb:.0f} MB; trainable params full {pf / 1e6:.2f} M vs {pb / 1e6:.2f} M")
             loader = bench_loader(prep, size, args.clip)
