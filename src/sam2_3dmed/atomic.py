@@ -9,6 +9,8 @@ one is complete.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
@@ -18,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+
+# failures of the file system an output is written to (a read never raises these)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def ensure_dir(path: str | Path) -> Path | None:
@@ -38,8 +43,47 @@ def ensure_dir(path: str | Path) -> Path | None:
     except OSError as exc:
         raise UserError(f"cannot create output directory ({exc.strerror})", path) from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError("output directory is not writable", path)
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        raise UserError(f"output directory is not writable ({os.strerror(errno.EROFS if read_only else errno.EACCES)})",
+                        path)
     return top
+
+
+def _write_error(exc: BaseException, final: Path, tmp: Path) -> BaseException:
+    """What to raise for ``exc`` from writing ``final`` through ``tmp``: a full or read-only
+    file system becomes a one-line UserError naming ``final``; a UserError naming a path
+    inside ``tmp`` (a nested atomic write) names that place under ``final`` instead."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        return UserError(f"cannot write the output ({os.strerror(exc.errno)})", final)
+    if isinstance(exc, UserError) and exc.path is not None:
+        p = Path(exc.path)
+        if p == tmp or tmp in p.parents:
+            return type(exc)(str(exc)[len(exc.path) + 2:], final / p.relative_to(tmp))
+    return exc
+
+
+def _remove_created(path: Path, top: Path | None) -> None:
+    """Undo :func:`ensure_dir` after a failure: remove the folders it made, while empty."""
+    if top is None:
+        return
+    for p in (path, *path.parents):
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top:
+            return
+
+
+def remove_stale(final: str | Path) -> None:
+    """Remove the temporary siblings of ``final`` that a killed writer (SIGKILL, power
+    loss) left behind. Only for outputs that one process owns, e.g. a run's checkpoints."""
+    final = Path(final)
+    for p in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -63,14 +107,24 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     final = Path(final)
     if final.exists() and not overwrite and not _is_empty_dir(final):
         raise UserError("output already exists; remove it or pass --overwrite", final)
-    ensure_dir(final.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    if final.exists() and not final.is_dir():  # --overwrite replaces an output folder, never a file
+        raise UserError("output exists and is not a folder; remove it yourself", final)
+    created = ensure_dir(final.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as exc:
+        _remove_created(final.parent, created)
+        raise UserError(f"cannot write the output ({exc.strerror})", final) from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like mkdir's
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _remove_created(final.parent, created)
+        err = _write_error(exc, final, tmp)
+        if err is exc:
+            raise
+        raise err from None
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -92,16 +146,24 @@ def atomic_file(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
     final = Path(final)
     if final.exists() and not overwrite:
         raise UserError("output already exists; remove it or pass --overwrite", final)
-    ensure_dir(final.parent)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    created = ensure_dir(final.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    except OSError as exc:
+        _remove_created(final.parent, created)
+        raise UserError(f"cannot write the output ({exc.strerror})", final) from None
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        _remove_created(final.parent, created)
+        err = _write_error(exc, final, tmp)
+        if err is exc:
+            raise
+        raise err from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:

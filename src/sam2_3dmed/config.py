@@ -92,14 +92,20 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if path is not None:
         p = Path(path)
         source = str(p)
+        if p.is_dir():
+            raise ConfigError("is a folder, not a config file", p)
         if not p.is_file():
             raise ConfigError("config file does not exist", p)
         try:
-            user = yaml.safe_load(p.read_text()) or {}
+            user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"not valid YAML{where}", p) from None
+        except UnicodeDecodeError:
+            raise ConfigError("not valid YAML (not UTF-8 text; a binary file?)", p) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config file ({exc.strerror or exc})", p) from None
         if not isinstance(user, dict):
             raise ConfigError("top level must be a mapping", p)
         cfg = deep_merge(cfg, user)

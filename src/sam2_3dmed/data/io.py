@@ -39,6 +39,8 @@ class Volume:
 
 def load_nifti(path: str | Path, dtype=np.float32, check_finite: bool = True) -> Volume:
     path = Path(path)
+    if path.is_dir():
+        raise InputFileError("is a folder, not a NIfTI file", path)
     if not path.is_file():
         raise InputFileError("file does not exist", path)
     try:

@@ -93,6 +93,8 @@ def load_dataset_json(task_dir: str | Path, check_files: bool = True) -> Dataset
     """Read and validate ``task_dir/dataset.json``; every listed file must exist."""
     root = Path(task_dir)
     path = root / "dataset.json"
+    if root.exists() and not root.is_dir():
+        raise InputFileError("is a file, not a task folder (expected a folder with dataset.json)", root)
     if not root.is_dir():
         raise InputFileError("task folder does not exist", root)
     if not path.is_file():
@@ -117,12 +119,14 @@ def load_dataset_json(task_dir: str | Path, check_files: bool = True) -> Dataset
     if not isinstance(raw["training"], list):
         raise InputFileError("'training' must be a list", path)
     for i, entry in enumerate(raw["training"]):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise InputFileError(f"training[{i}] must have 'image' and 'label'", path)
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
+            raise InputFileError(f"training[{i}] must have 'image' and 'label' paths", path)
         img = _resolve(root, entry["image"], path)
         lab = _resolve(root, entry["label"], path)
         training.append(Case(case_id_from_path(img), img, lab))
     test: list[Case] = []
+    if not isinstance(raw.get("test") or [], list):
+        raise InputFileError("'test' must be a list", path)
     for i, entry in enumerate(raw.get("test", []) or []):
         rel = entry if isinstance(entry, str) else entry.get("image") if isinstance(entry, dict) else None
         if not isinstance(rel, str):
@@ -146,7 +150,8 @@ def load_dataset_json(task_dir: str | Path, check_files: bool = True) -> Dataset
         missing += [c.image for c in test if not c.image.is_file()]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            what = "is a folder, not a file" if missing[0].is_dir() else "does not exist"
             raise InputFileError(
-                f"lists {missing[0].relative_to(root)} which does not exist{more}", path
+                f"lists {missing[0].relative_to(root)} which {what}{more}", path
             )
     return DatasetIndex(root, str(raw.get("name", root.name)), labels, training, test, raw)

@@ -25,7 +25,7 @@ from ..atomic import atomic_dir
 from ..config import target_config
 from ..console import log, track
 from ..errors import InputFileError, UserError
-from .io import check_same_geometry, load_label, load_nifti
+from .io import _short, check_same_geometry, load_label, load_nifti
 from .msd import TASKS, load_dataset_json
 from .preprocess import CaseGeometry, prepare_arrays
 from .splits import make_splits
@@ -34,6 +34,7 @@ from .splits import make_splits
 def _percentiles(x: np.ndarray) -> dict:
     if x.size == 0:
         return {"mean": None, "std": None, "p00_5": None, "p50": None, "p99_5": None}
+    x = x.astype(np.float64)  # float32 sums of squares overflow for absurd HU (1e30): keep the fingerprint finite
     p = np.percentile(x, [0.5, 50, 99.5])
     return {
         "mean": float(x.mean()), "std": float(x.std()),
@@ -70,6 +71,9 @@ def prepare_target(task_dir, target: str, out, cfg: dict, overwrite: bool = Fals
         records = []
         for case in track(index.training, f"prepare {target}"):
             image = load_nifti(case.image)
+            if image.data.min() == image.data.max():
+                raise InputFileError(f"image is constant (every voxel is {float(image.data.flat[0]):g}): "
+                                     "a blank or failed export?", case.image)
             label = load_label(case.label, allowed)
             check_same_geometry(image, label, pcfg["geometry_atol"])
             rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))  # stable across runs
@@ -160,13 +164,33 @@ def _summary(records: list[dict], empty: list[str]) -> dict:
     }
 
 
+def check_prepared_target(prepared_dir, target: str) -> None:
+    """Refuse a prepared folder made for another target (its plan.json says which; folders without one pass)."""
+    path = Path(prepared_dir) / "plan.json"
+    if not path.is_file():
+        return
+    try:
+        made_for = json.loads(path.read_text(encoding="utf-8")).get("target")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise InputFileError("not a valid plan.json (not a JSON object); re-run prepare", path) from None
+    if made_for is not None and made_for != target:
+        raise InputFileError(f"this folder was prepared for target {made_for!r}, not {target!r}", path)
+
+
 def load_prepared_case(prepared_dir, case_id: str, mmap: bool = True):
     """(image, label, geometry) of one prepared case; arrays memory-mapped by default."""
     d = Path(prepared_dir) / "cases" / case_id
     if not d.is_dir():
         raise UserError(f"no prepared case {case_id!r}", Path(prepared_dir))
     mode = "r" if mmap else None
-    image = np.load(d / "image.npy", mmap_mode=mode, allow_pickle=False)
-    label = np.load(d / "label.npy", mmap_mode=mode, allow_pickle=False)
-    geom = CaseGeometry.from_dict(json.loads((d / "geometry.json").read_text()))
+    f = d / "image.npy"
+    try:
+        image = np.load(f, mmap_mode=mode, allow_pickle=False)
+        f = d / "label.npy"
+        label = np.load(f, mmap_mode=mode, allow_pickle=False)
+        f = d / "geometry.json"
+        geom = CaseGeometry.from_dict(json.loads(f.read_text(encoding="utf-8")))
+    except (OSError, ValueError, EOFError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({_short(exc)})"
+        raise InputFileError(f"prepared file {why}; re-run prepare", f) from None
     return image, label, geom

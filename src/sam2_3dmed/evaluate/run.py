@@ -33,7 +33,7 @@ from ..config import target_config
 from ..console import log
 from ..data.io import load_nifti
 from ..data.readers import write_nifti_like
-from ..data.prepare import load_prepared_case
+from ..data.prepare import check_prepared_target, load_prepared_case
 from ..errors import InputFileError, UserError
 from ..infer.predict import load_model, predict_volume
 from ..infer.volume import Prompt
@@ -74,6 +74,21 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def _read_fingerprint(path: Path) -> dict:
+    """``fingerprint.json`` of a prepared target, with what evaluation needs checked (one-line errors)."""
+    try:
+        fp = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"not valid JSON ({type(exc).__name__}); re-run prepare", path) from None
+    cases = fp.get("cases") if isinstance(fp, dict) else None
+    if not isinstance(cases, list) or not isinstance(fp.get("task_dir"), str):
+        raise InputFileError("not a prepare fingerprint: needs 'task_dir' and a list of 'cases'; re-run prepare", path)
+    for i, c in enumerate(cases):
+        if not (isinstance(c, dict) and isinstance(c.get("case_id"), str) and isinstance(c.get("label"), str)):
+            raise InputFileError(f"cases[{i}] needs 'case_id' and 'label' strings; re-run prepare", path)
+    return fp
+
+
 def _original_label(fingerprint: dict, case_id: str, labels: list[int], prepared: Path):
     rec = next((c for c in fingerprint["cases"] if c["case_id"] == case_id), None)
     if rec is None:
@@ -99,21 +114,23 @@ def evaluate_run(cfg: dict, target: str, variant: str, fold: int, run_dir, out, 
     prepared = Path(prepared) if prepared else Path(cfg["data"]["prepared"]) / target
     which = checkpoint or ecfg["checkpoint"]
     ckpt = Path(run_dir) / f"{which}.pt" if which in ("best", "last") else Path(which)
+    fp_path = prepared / "fingerprint.json"
+    if not fp_path.is_file():
+        raise UserError("not found; run `sam2-3dmed prepare` first", fp_path)
+    fingerprint = _read_fingerprint(fp_path)
+    check_prepared_target(prepared, target)
+    cases = list_cases(prepared, fold, split)
+    if max_cases:
+        cases = cases[:max_cases]
+    if not cases:
+        raise UserError(f"the {split} split of fold {fold} has no cases", prepared / "splits.json")
+    # the model last: the prepared data's checks above are cheap, loading a model is not
     lm = load_model(ckpt, device, base_weights)
     if lm.target != target:
         raise UserError(f"checkpoint is a {lm.target} model, not {target}", ckpt)
     # inference and post-processing settings come from the evaluating config
     lm.config["infer"] = cfg["infer"]
     lm.config["targets"][target]["largest_component"] = tcfg.get("largest_component", False)
-    fp_path = prepared / "fingerprint.json"
-    if not fp_path.is_file():
-        raise UserError("not found; run `sam2-3dmed prepare` first", fp_path)
-    fingerprint = json.loads(fp_path.read_text())
-    cases = list_cases(prepared, fold, split)
-    if max_cases:
-        cases = cases[:max_cases]
-    if not cases:
-        raise UserError(f"the {split} split of fold {fold} has no cases", prepared / "splits.json")
     tol = float(tcfg["nsd_tolerance_mm"])
     if save_predictions is None:
         save_predictions = bool(ecfg["save_predictions"])

@@ -67,6 +67,8 @@ def load_model(checkpoint: str | Path, device: str | None = None, base_weights: 
     path = Path(checkpoint)
     state = load_checkpoint(path)
     cfg = deep_merge({"infer": defaults()["infer"]}, state["config"])
+    if state["target"] not in cfg["targets"]:
+        raise InputFileError(f"checkpoint of target {state['target']!r}, which its own config does not define", path)
     mcfg = dict(cfg["model"])
     dev = pick_device(device)
     needs_base = bool(mcfg["pretrained"]) and bool(state.get("frozen_names"))
@@ -189,6 +191,8 @@ def predict_file(checkpoint, input_path, output, prompt_box: str | None = None, 
     output = Path(output)
     if not (output.name.endswith(".nii.gz") or output.name.endswith(".nii")):
         raise UserError("output must be a NIfTI file ending in .nii.gz or .nii", output)
+    if output.is_dir():
+        raise UserError("output is a folder; give a file name ending in .nii.gz or .nii", output)
     if output.exists() and not overwrite:
         raise UserError("exists; pass --overwrite to replace it", output)
     if not output.parent.is_dir():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +96,13 @@ def read_json(path: Path) -> dict:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        with warnings.catch_warnings():
+            # without index_col=False, pandas silently turns the extra leading fields of a first
+            # row longer than the header into an index, shifting every column
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.ParserWarning:
+        raise InputFileError("malformed CSV (a row has more fields than the header)", path) from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputFileError(f"malformed CSV ({msg})", path) from None
@@ -126,7 +133,14 @@ def read_metrics(path: Path) -> pd.DataFrame:
         raise InputFileError("malformed metrics.csv: no case rows", path)
     if (df["case_id"].str.strip() == "").any() or (df["mode"].str.strip() == "").any():
         raise InputFileError("malformed metrics.csv: empty case_id or mode", path)
-    return _numeric(df, METRICS_NUMERIC, path, allow_empty=tuple(c for c in METRICS_NUMERIC if c not in METRICS))
+    df = _numeric(df, METRICS_NUMERIC, path, allow_empty=tuple(c for c in METRICS_NUMERIC if c not in METRICS))
+    for c in METRICS:  # evaluate never writes inf; tables and figures would show garbage
+        bad = ~np.isfinite(df[c].to_numpy())
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputFileError(f"malformed metrics.csv: column {c!r} has a non-finite value {df[c].iloc[i]} "
+                                 f"on data row {i + 1}", path)
+    return df
 
 
 def read_train_log(path: Path) -> pd.DataFrame:

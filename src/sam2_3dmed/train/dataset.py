@@ -123,15 +123,22 @@ def list_cases(prepared_dir, fold: int, split: str = "train") -> list[str]:
     if not path.is_file():
         raise UserError("not found; run `sam2-3dmed prepare` first", path)
     try:
-        splits = json.loads(path.read_text())
-        folds = splits["folds"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise InputFileError(f"not a valid splits file ({e})", path) from e
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputFileError(f"not a valid splits file (not JSON: {type(e).__name__})", path) from None
+    folds = splits.get("folds") if isinstance(splits, dict) else None
+    if not isinstance(folds, list) or not all(isinstance(f, dict) for f in folds):
+        raise InputFileError("not a valid splits file: needs an object whose 'folds' is a list of "
+                             "{'train': [...], 'val': [...]}", path)
     if split == "test":
-        return list(splits.get("test", []))
-    if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < len(folds):
-        raise UserError(f"fold {fold!r} is out of range: it lists {len(folds)} folds (0..{len(folds) - 1})", path)
-    return list(folds[fold][split])
+        ids, where = splits.get("test", []), "'test'"
+    else:
+        if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < len(folds):
+            raise UserError(f"fold {fold!r} is out of range: it lists {len(folds)} folds (0..{len(folds) - 1})", path)
+        ids, where = folds[fold].get(split), f"folds[{fold}].{split}"
+    if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+        raise InputFileError(f"not a valid splits file: {where} must be a list of case ids", path)
+    return list(ids)
 
 
 # ----------------------------------------------------------------- dataset

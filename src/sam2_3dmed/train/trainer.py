@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_file, write_json
+from ..atomic import atomic_file, ensure_dir, remove_stale, write_json
 from ..config import variant_config
 from ..console import log, new_progress
 from ..errors import InputFileError, UserError
@@ -52,8 +52,9 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: dic
         "config": cfg,
         **meta,
     }
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    # through a Python file: a full disk then raises OSError (a path gives torch's bare RuntimeError)
+    with atomic_file(path) as tmp, tmp.open("wb") as fh:
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -63,6 +64,16 @@ def load_checkpoint(path: str | Path) -> dict:
     state = safe_torch_load(path)
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise InputFileError(f"not a sam2-3dmed checkpoint (expected format {CKPT_FORMAT})", path)
+    cfg = state.get("config")
+    checks = {
+        "config": isinstance(cfg, dict) and all(isinstance(cfg.get(s), dict) for s in ("model", "targets")),
+        "trainable": isinstance(state.get("trainable"), dict),
+        "step": isinstance(state.get("step"), int),
+        "target": isinstance(state.get("target"), str),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise InputFileError(f"incomplete sam2-3dmed checkpoint: {', '.join(bad)} missing or malformed", path)
     return state
 
 
@@ -208,7 +219,10 @@ def pick_device(requested: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda requested but no CUDA device is available")
-    return torch.device(requested)
+    try:
+        return torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N") from None
 
 
 def run_key(vcfg: dict, target: str, fold: int, prepared: Path) -> str:
@@ -245,6 +259,7 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
     """Train (or resume) one run. ``on_change``: what to do when OUT holds a run made with
     other settings or data: ``error`` (default) or ``restart`` (move it to
     OUT/superseded/ and start over; the workflow uses this when its inputs changed)."""
+    from ..data.prepare import check_prepared_target
     from .dataset import ClipDataset, list_cases
 
     vcfg = variant_config(cfg, variant)
@@ -253,8 +268,10 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
         raise UserError(f"unknown target {target!r}; defined targets: {', '.join(sorted(vcfg['targets']))}")
     prepared = Path(prepared) if prepared else Path(vcfg["data"]["prepared"]) / target
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError("exists and is not a folder (the run folder to write into)", out)
     dev = pick_device(device)
+    check_prepared_target(prepared, target)
     train_ids = list_cases(prepared, fold, "train")
     val_ids = list_cases(prepared, fold, "val")
     if tcfg["val_max_cases"]:
@@ -327,6 +344,9 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
         _write_csv(out / "train_log.csv", TRAIN_FIELDS, train_rows)
         _write_csv(out / "val_log.csv", ["step", "mean_dice", *val_ids], val_rows)
 
+    ensure_dir(out)  # only now: a refusal above leaves no empty run folder behind
+    for name in ("last.pt", "best.pt", "train_log.csv", "val_log.csv", "train_summary.json"):
+        remove_stale(out / name)  # the temp file of a write that a kill interrupted
     with new_progress() as progress:
         bar = progress.add_task(f"train {target}/{variant}/f{fold}", total=tcfg["steps"], completed=step)
         while step < tcfg["steps"]:
