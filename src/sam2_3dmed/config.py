@@ -121,6 +121,9 @@ def variant_config(cfg: dict, variant: str) -> dict:
     out = deep_merge(cfg, cfg["variants"][variant])
     validate(out, f"variants.{variant}")
     m = out["model"]
+    if m["arch"] == "unet3d" and m["pretrained"]:
+        raise ConfigError("model.pretrained: the unet3d architecture has no pretrained weights; set it to false",
+                          f"variants.{variant}")
     if m["pretrained"] and not m["checkpoint"]:
         raise ConfigError(
             "model.checkpoint: required when model.pretrained is true (get one with sam2-3dmed fetch-weights), "

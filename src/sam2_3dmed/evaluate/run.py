@@ -126,8 +126,16 @@ def evaluate_run(cfg: dict, target: str, variant: str, fold: int, run_dir, out, 
         raise UserError(f"the {split} split of fold {fold} has no cases", prepared / "splits.json")
     # the model last: the prepared data's checks above are cheap, loading a model is not
     lm = load_model(ckpt, device, base_weights)
+    if getattr(lm.model, "is_unet", False) and "prompted" in modes:
+        modes = [m for m in modes if m != "prompted"]
+        log.info("%s: a unet3d model takes no prompts; prompted mode skipped", ckpt)
+        if not modes:
+            raise UserError("a unet3d model takes no prompts, and --modes asks for prompted only", ckpt)
     if lm.target != target:
         raise UserError(f"checkpoint is a {lm.target} model, not {target}", ckpt)
+    if split == "val" and lm.fold is not None and lm.fold != fold:
+        raise UserError(f"checkpoint was trained on fold {lm.fold}: fold {fold}'s validation cases include its "
+                        f"training cases, so the scores would be inflated", ckpt)
     # inference and post-processing settings come from the evaluating config
     lm.config["infer"] = cfg["infer"]
     lm.config["targets"][target]["largest_component"] = tcfg.get("largest_component", False)

@@ -52,6 +52,7 @@ class LoadedModel:
     step: int
     path: Path
     device: torch.device
+    fold: int | None = None  # the fold it was trained on (its validation cases are unseen)
 
 
 def load_model(checkpoint: str | Path, device: str | None = None, base_weights: str | Path | None = None) -> LoadedModel:
@@ -85,10 +86,11 @@ def load_model(checkpoint: str | Path, device: str | None = None, base_weights: 
     elif mcfg["pretrained"]:
         mcfg["pretrained"] = False  # every tensor is in the checkpoint: skip loading SAM2 weights
     torch.manual_seed(int(cfg["train"]["seed"]))  # a random frozen part is rebuilt exactly as in training
-    model = build_model(mcfg, dev)
+    model = build_model(mcfg, dev, clip_length=cfg["train"]["clip_length"])
     load_trainable(model, state, path)
     model.eval()
-    return LoadedModel(model, cfg, str(state["target"]), str(state.get("variant", "?")), int(state["step"]), path, dev)
+    return LoadedModel(model, cfg, str(state["target"]), str(state.get("variant", "?")), int(state["step"]), path, dev,
+                       state.get("fold") if isinstance(state.get("fold"), int) else None)
 
 
 # ---------------------------------------------------------------- prompts
@@ -200,6 +202,9 @@ def predict_file(checkpoint, input_path, output, prompt_box: str | None = None, 
     spec = parse_prompt(prompt_box, prompt_point)
     vol = read_image(input_path, series_id=series_id)
     lm = load_model(checkpoint, device, base_weights)
+    if spec and getattr(lm.model, "is_unet", False):
+        raise UserError("this is a unet3d model, which takes no prompts: leave out --prompt-box/--prompt-point",
+                        checkpoint)
     t0 = time.perf_counter()
     image_zyx, geom = preprocess(vol.data, vol.affine, lm.config, lm.target)
     prompt = prompt_to_prepared(spec[0], spec[1], geom, vol.data.shape, Path(input_path)) if spec else None

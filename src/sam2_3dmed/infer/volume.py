@@ -121,6 +121,10 @@ def predict_prepared(model: SAM23dMed, image_zyx: np.ndarray, prompt: Prompt | N
     """
     if passes not in ("half", "full"):
         raise ValueError(f"passes must be 'half' or 'full', got {passes!r}")
+    if getattr(model, "is_unet", False):  # the MONAI 3D U-Net reference: sliding windows, no prompts
+        if prompt is not None:
+            raise ValueError("the unet3d model takes no prompts")
+        return model.predict_volume(image_zyx, device=device, progress=progress, stats=stats)
     was_training = model.training
     model.eval()
     try:

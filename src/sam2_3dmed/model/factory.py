@@ -13,8 +13,17 @@ def encoder_frozen(mcfg: dict) -> bool:
     return bool(mcfg["pretrained"]) if f == "auto" else bool(f)
 
 
-def build_model(mcfg: dict, device: str | torch.device = "cpu") -> SAM23dMed:
+def build_model(mcfg: dict, device: str | torch.device = "cpu", clip_length: int | None = None) -> SAM23dMed:
+    """The network of ``mcfg["arch"]``; ``clip_length`` (train.clip_length) sets the
+    U-Net's sliding-window depth and is required for ``arch: unet3d``."""
     from .backbone import build_sam2_base
+
+    if mcfg.get("arch", "sam2_3dmed") == "unet3d":
+        from .unet3d import UNet3DBaseline
+
+        if clip_length is None:
+            raise ValueError("build_model: the unet3d architecture needs clip_length")
+        return UNet3DBaseline(mcfg["image_size"], clip_length, mcfg["unet_channels"], mcfg["unet_strides"]).to(device)
 
     checkpoint = mcfg["checkpoint"] if mcfg["pretrained"] else None
     sam = build_sam2_base(mcfg["backbone"], mcfg["image_size"], device=device, checkpoint=checkpoint)

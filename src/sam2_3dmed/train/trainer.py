@@ -140,10 +140,14 @@ def compute_losses(model, out: dict, batch: dict, cfg: dict) -> dict:
     present = mask.flatten(2).amax(-1) > 0.5
     logits = out["mask_logits"]
     terms = {
-        "seg": seg_loss(logits.flatten(0, 1), mask.flatten(0, 1), present.flatten(), valid.flatten(), lcfg["seg"]),
-        "obj": object_loss(out["obj_logits"].flatten(), present.flatten(), valid.flatten()),
+        # without an object score (the U-Net) empty slices are learned through BCE
+        "seg": seg_loss(logits.flatten(0, 1), mask.flatten(0, 1), present.flatten(), valid.flatten(), lcfg["seg"],
+                        absent_bce=out["obj_logits"] is None),
     }
-    total = terms["seg"] + lcfg["w_obj"] * terms["obj"]
+    total = terms["seg"]
+    if out["obj_logits"] is not None:  # the U-Net reference has no object-score head
+        terms["obj"] = object_loss(out["obj_logits"].flatten(), present.flatten(), valid.flatten())
+        total = total + lcfg["w_obj"] * terms["obj"]
     if out["srpp"] is not None:
         tgt = srpp_targets(batch["z_mm"], batch["slice_index"], mcfg["srpp_target"], mcfg["srpp_scale_mm"])
         terms["srpp"] = srpp_loss(out["srpp"], tgt.to(out["srpp"].device), valid)
@@ -174,7 +178,7 @@ MODULES = {
     "image_encoder": "sam.image_encoder.", "memory_attention": "sam.memory_attention.",
     "memory_encoder": "sam.memory_encoder.", "prompt_encoder": "sam.sam_prompt_encoder.",
     "mask_decoder": "sam.sam_mask_decoder.", "adapter": "adapter.", "srpp": "srpp.", "bd": "bd.",
-    "bd_fusion": "fusion.",
+    "bd_fusion": "fusion.", "unet3d": "net.",
 }
 
 
@@ -282,7 +286,7 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
     np.random.seed(seed)
     if tcfg["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_model(mcfg, dev)
+    model = build_model(mcfg, dev, clip_length=tcfg["clip_length"])
     model.train()
 
     enc_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("sam.image_encoder.")]
@@ -356,7 +360,8 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
             for _ in range(tcfg["grad_accum"]):
                 batch = next(it)
                 # prompts are simulated from the CPU copy of the masks, before the batch moves
-                key, prompt = make_prompt(batch, tcfg, np.random.default_rng((seed, 7, step)), dev)
+                key, prompt = (None, None) if getattr(model, "is_unet", False) else \
+                    make_prompt(batch, tcfg, np.random.default_rng((seed, 7, step)), dev)
                 batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                     outp = model.forward_clip(batch["image"], key_index=key, prompt=prompt)
