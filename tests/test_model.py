@@ -209,3 +209,19 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     with pytest.raises(InputFileError):
         load_checkpoint(p)
     assert not marker.exists()
+
+
+def test_seg_loss_without_object_score_learns_empty_slices():
+    from sam2_3dmed.model.losses import seg_loss
+
+    logits = torch.full((2, 8, 8), 3.0, requires_grad=True)  # confident foreground everywhere
+    target = torch.zeros(2, 8, 8)
+    target[0, 2:5, 2:5] = 1  # slice 0 holds the organ, slice 1 is empty
+    present, valid = torch.tensor([True, False]), torch.tensor([True, True])
+    sam = seg_loss(logits, target, present, valid)  # the empty slice is the object score's job
+    assert torch.allclose(sam, seg_loss(logits[:1], target[:1], present[:1], valid[:1]))
+    unet = seg_loss(logits, target, present, valid, absent_bce=True)
+    unet.backward()
+    assert unet > sam and logits.grad[1].abs().sum() > 0  # the empty slice is pushed towards background
+    empty = seg_loss(logits[1:], target[1:], present[1:], valid[1:], absent_bce=True)
+    assert empty > 0 and seg_loss(logits[1:], target[1:], present[1:], valid[1:]) == 0
