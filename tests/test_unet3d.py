@@ -45,6 +45,17 @@ def test_pretrained_unet_is_a_config_error():
         variant_config(cfg, "u")
 
 
+@pytest.mark.parametrize("model, match", [
+    ({"unet_strides": [[1, 2, 2], [1, 2, 2]]}, "needs 3 entries"),
+    ({"unet_strides": [[1, 2, 2], [1, 2, 2], [1, 3, 3]]}, "not divisible"),
+])
+def test_unet_geometry_is_a_config_error(model, match):
+    cfg = load_config(overrides={**OVERRIDES, "model": {**OVERRIDES["model"], **model}})
+    with pytest.raises(ConfigError, match=match):
+        variant_config(cfg, "unet3d")
+    variant_config(cfg, "full")  # SAM-only runs ignore the U-Net's keys
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("unet")
@@ -68,6 +79,7 @@ def test_train_logs_and_resume_equals_uninterrupted(trained):
     assert all(r["seg"] not in ("", "nan") and r["srpp"] == "" and r["obj"] == "" for r in rows)
     summary = json.loads((root / "run" / "train_summary.json").read_text())
     assert set(summary["parameters_per_module"]) == {"unet3d"} and summary["steps"] == 6
+    assert summary["arch"] == "unet3d" and summary["pretrained"] is False
 
     killed = run_cli("train", *common, "--out", root / "resumed", "--stop-after-step", "4", env=env)
     assert killed.returncode == 75
@@ -90,6 +102,7 @@ def test_evaluate_skips_prompted_mode(trained):
     assert rows and {r["mode"] for r in rows} == {"auto"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["modes"] == ["auto"] and set(summary["metrics"]) == {"auto"}
+    assert summary["arch"] == "unet3d" and "no prompts" in summary["modes_skipped"]["prompted"]
     assert 0.0 <= summary["metrics"]["auto"]["dice"]["mean"] <= 1.0
 
 

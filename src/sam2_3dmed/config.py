@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -124,6 +125,15 @@ def variant_config(cfg: dict, variant: str) -> dict:
     if m["arch"] == "unet3d" and m["pretrained"]:
         raise ConfigError("model.pretrained: the unet3d architecture has no pretrained weights; set it to false",
                           f"variants.{variant}")
+    if m["arch"] == "unet3d":
+        n, strides = len(m["unet_channels"]), m["unet_strides"]
+        if len(strides) != n - 1:
+            raise ConfigError(f"model.unet_strides: needs {n - 1} entries, one per level after the first of the "
+                              f"{n} in model.unet_channels; got {len(strides)}", f"variants.{variant}")
+        xy = math.prod(s[1] for s in strides), math.prod(s[2] for s in strides)
+        if m["image_size"] % xy[0] or m["image_size"] % xy[1]:
+            raise ConfigError(f"model.image_size: {m['image_size']} is not divisible by the U-Net's total in-plane "
+                              f"stride {xy[0]}x{xy[1]} (model.unet_strides)", f"variants.{variant}")
     if m["pretrained"] and not m["checkpoint"]:
         raise ConfigError(
             "model.checkpoint: required when model.pretrained is true (get one with sam2-3dmed fetch-weights), "

@@ -126,8 +126,10 @@ def evaluate_run(cfg: dict, target: str, variant: str, fold: int, run_dir, out, 
         raise UserError(f"the {split} split of fold {fold} has no cases", prepared / "splits.json")
     # the model last: the prepared data's checks above are cheap, loading a model is not
     lm = load_model(ckpt, device, base_weights)
+    skipped = {}
     if getattr(lm.model, "is_unet", False) and "prompted" in modes:
         modes = [m for m in modes if m != "prompted"]
+        skipped["prompted"] = "a unet3d model takes no prompts"
         log.info("%s: a unet3d model takes no prompts; prompted mode skipped", ckpt)
         if not modes:
             raise UserError("a unet3d model takes no prompts, and --modes asks for prompted only", ckpt)
@@ -186,6 +188,8 @@ def evaluate_run(cfg: dict, target: str, variant: str, fold: int, run_dir, out, 
             "prompt": ecfg["prompt"], "checkpoint": str(ckpt), "checkpoint_step": lm.step,
             "nsd_tolerance_mm": tol, "n_cases": len(cases), "space": "original image grid, 3D, mm",
             "synthetic": bool(fingerprint.get("synthetic", False)),
+            **({"modes_skipped": skipped} if skipped else {}),
+            "arch": lm.config["model"].get("arch", "sam2_3dmed"),
             "pretrained": bool(lm.config["model"]["pretrained"]), "backbone": lm.config["model"]["backbone"],
             "image_size": lm.config["model"]["image_size"], "infer": cfg["infer"],
             "device": str(lm.device), "torch": torch.__version__, "python": platform.python_version(),

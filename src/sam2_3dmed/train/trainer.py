@@ -399,7 +399,7 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
     flush_logs()
     write_json(out / "train_summary.json", {
         "target": target, "variant": variant, "fold": fold, "steps": step, "best_val_dice": best,
-        "device": str(dev), "seconds_this_run": time.perf_counter() - t_start,
+        "device": str(dev), "seconds_this_run": time.perf_counter() - t_start, "arch": mcfg["arch"],
         "encoder_frozen": encoder_frozen(mcfg), "pretrained": mcfg["pretrained"],
         "trainable_parameters": sum(p.numel() for p in trainable),
         "total_parameters": sum(p.numel() for p in model.parameters()),
