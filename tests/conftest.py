@@ -3,7 +3,8 @@
 ``server`` yields a :class:`ServerState`: put bytes in ``server.files`` (or call
 ``server.serve(path)``), point the code under test at ``server.url(name)``, then
 check ``server.requests``. The failure knobs (``status``, ``cut``, ``stall``,
-``ignore_range``) script what the next responses do. Nothing here is autouse.
+``ignore_range``) script what the next responses do; ``throttle`` slows every body down
+(e.g. so that a test can kill the client halfway). Nothing here is autouse.
 """
 
 import re
@@ -28,6 +29,7 @@ class ServerState:
         self.status = None  # answer every request with this status
         self.cut = 0  # this many responses stop after half their body
         self.stall = 0  # this many responses hang after half their body
+        self.throttle = None  # (piece, seconds): send bodies in pieces of `piece` bytes, pausing after each
 
     def url(self, name: str) -> str:
         return f"{self.base_url}/{name}"
@@ -70,6 +72,13 @@ class RangeHandler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
+        if st.throttle:
+            piece, pause = st.throttle
+            for i in range(0, len(body), piece):
+                self.wfile.write(body[i:i + piece])  # a client gone raises here: handle_error is quiet
+                self.wfile.flush()
+                time.sleep(pause)
+            return
         if st.cut or st.stall:
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()

@@ -153,6 +153,7 @@ def atomic_file(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
         _remove_created(final.parent, created)
         raise UserError(f"cannot write the output ({exc.strerror})", final) from None
     os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like open()'s
     tmp = Path(name)
     try:
         yield tmp

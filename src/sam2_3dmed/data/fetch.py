@@ -239,7 +239,10 @@ def _is_empty(path: Path) -> bool:
 def _require_space(where: Path, need: int) -> None:
     free = shutil.disk_usage(where).free
     if need > free:
-        raise UserError(f"needs {need / 1e9:.1f} GB of free space, only {free / 1e9:.1f} GB available", where)
+        # MB below 1 GB: "needs 0.0 GB, only 0.0 GB available" said nothing on a small disk
+        size = (lambda n: f"{n / 1e9:.1f} GB") if need >= 1e9 else (lambda n: f"{n / 1e6:.1f} MB")
+        raise UserError(f"{os.strerror(errno.ENOSPC)}: needs {size(need)} of free space, only {size(free)} "
+                        "available", where)
 
 
 def _bytes_progress() -> Progress:
