@@ -183,9 +183,10 @@ def main() -> None:
         return [r[m] for r in records if r["target"] == t and r["variant"] == v]
 
     lines = [
-        "## Quality on synthetic phantoms (fixed CPU budget, several seeds)", "",
-        f"Measured {dt.date.today()} on {machine()} by `python benchmarks/bench_quality.py "
-        f"{' '.join(sys.argv[1:])}`; {time.perf_counter() - t_all:.0f} s in all (cached runs not re-run).", "",
+        f"## Quality on synthetic phantoms (fixed CPU budget, {len(args.seeds)} seeds)", "",
+        f"Measured on {machine()} by `python benchmarks/bench_quality.py {' '.join(sys.argv[1:])}`: "
+        f"{len(records)} runs, {sum(r['train_seconds'] for r in records) / 60:.0f} min of training in all "
+        f"(runs are cached under --work; this invocation took {time.perf_counter() - t_all:.0f} s).", "",
         f"Synthetic phantoms (not MSD data), {args.cases} labelled cases per task at {args.size} px, prepared at "
         f"{args.spacing} mm in-plane; fold 0 of 3 scored ({records[0]['n_cases'] if records else '?'} validation cases); "
         f"every model trained {args.steps} steps (`unet3d_time`: {UNET_TIME_FACTOR * args.steps}) on clips of {args.clip} slices at {args.image_size} px, random init "
@@ -222,7 +223,7 @@ def main() -> None:
         if "full" in args.variants:
             for base in ("sam2_ft", "unet3d_time"):
                 if base in args.variants and vals(t, base, "dice"):
-                    emit(f"3D Dice on synthetic {t}, full vs {base} ({len(args.seeds)} seeds, {args.steps} steps)",
+                    emit(f"3D Dice on synthetic {t}, full ({args.steps} steps) vs {base} ({len(args.seeds)} seeds)",
                          mean_std(vals(t, "full", "dice"))[0], mean_std(vals(t, base, "dice"))[0],
                          LABELS[base] + ", same budget", "Dice", better="higher")
 

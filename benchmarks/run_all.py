@@ -119,7 +119,7 @@ def render(entries: dict) -> str:
            "Written by `python benchmarks/run_all.py` (`make bench`) from the committed `bench_*.py` scripts; "
            "do not edit by hand. Each row: our figure and the baseline's, measured in the same run, and the "
            "ratio (> 1: ours is better by that factor; < 1: ours costs more). These machines are shared and "
-           "noisy: read ratios, not absolute times. Per-job logs: `benchmarks/logs/`.", "",
+           "noisy: read ratios, not absolute times. Per-job logs: `benchmarks/logs/` (local, not committed). Caveats of the published run: `benchmarks/README.md`.", "",
            "| job | what | ours | baseline (same run) | ratio | machine |",
            "|---|---|---|---|---|---|"]
     for name in JOBS:
