@@ -480,7 +480,11 @@ def test_snakemake_sigint_then_rerun_redoes_nothing_finished(tmp_path):
     steps = SMK["train"]["steps"]
 
     with open(tmp_path / "first.log", "w") as fh:
-        first = subprocess.Popen(cmd, cwd=proj, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        # SIGINT back to its default: a shell that starts this run in the background (nohup,
+        # `cmd &` in a script, some CI runners) makes its children ignore SIGINT, and Snakemake
+        # would then never see the signal this test sends
+        first = subprocess.Popen(cmd, cwd=proj, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while not (run_dir / "last.pt").exists():  # the train job has checkpointed step >= 1
