@@ -95,8 +95,7 @@ def run_one(cfg: dict, target: str, variant: str, seed: int, work: Path, key: st
         if rec.get("key") == key:
             return rec
         shutil.rmtree(run_dir)  # made with other settings
-    if run_dir.exists():  # an interrupted run: the trainer resumes it
-        pass
+    # an interrupted run's folder stays: the trainer resumes it from last.pt
     scfg = deep_merge(cfg, {"train": {"seed": seed}})
     t0 = time.perf_counter()
     train(scfg, target, variant, 0, run_dir / "train", device="cpu")
