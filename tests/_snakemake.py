@@ -1,4 +1,22 @@
-"""Reading Snakemake's console output in tests."""
+"""Snakemake in tests: a minimal project copy, and reading Snakemake's console output."""
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_project(root: Path, config: dict, name: str = "run.yaml") -> Path:
+    """A minimal copy of the project (workflow, profiles, the rules' conda env file) with
+    CONFIG as config/NAME. The package itself is the installed one."""
+    shutil.copytree(REPO / "workflow", root / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "slurm", root / "slurm")
+    shutil.copy(REPO / "environment.yml", root / "environment.yml")  # in each job's metadata
+    (root / "config").mkdir(exist_ok=True)
+    (root / "config" / name).write_text(yaml.safe_dump(config))
+    return root
 
 
 def job_counts(text: str) -> dict:

@@ -474,7 +474,7 @@ def test_snakemake_sigint_then_rerun_redoes_nothing_finished(tmp_path):
     (proj / "config").mkdir()
     (proj / "config" / "demo.yaml").write_text(yaml.safe_dump(SMK))
     # one thread per job: the machine has 2 cores (CI caps threads with SNAKEMAKE_MAX_THREADS)
-    cmd = ["snakemake", "--cores", "2", "--max-threads", "1", "--config", "config_file=config/demo.yaml"]
+    cmd = ["snakemake", "--cores", "2", "--max-threads", "1", "--configfile", "config/demo.yaml"]
     env = {k: v for k, v in ENV.items() if k != "SNAKEMAKE_PROFILE"}
     run_dir = proj / "results/demo/runs/spleen/full/fold0"
     steps = SMK["train"]["steps"]

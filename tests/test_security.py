@@ -63,7 +63,7 @@ def test_config_paths_with_shell_metacharacters_are_data_not_code(tmp_path):
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # the venv's snakemake
     env.pop("SNAKEMAKE_PROFILE", None)
     target = f"{prepared}/spleen"
-    proc = subprocess.run(["snakemake", target, "--cores", "1", "--config", f"config_file=config/{cfg_name}"],
+    proc = subprocess.run(["snakemake", target, "--cores", "1", "--configfile", f"config/{cfg_name}"],
                           cwd=proj, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not list(tmp_path.rglob("PWNED*")), "a config string was executed by a shell"

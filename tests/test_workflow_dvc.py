@@ -52,7 +52,7 @@ def sh(*args, cwd, check=True, timeout=900):
 
 def dry_run_jobs(proj) -> dict:
     """{rule: count} from `snakemake -n` (the job-stats table)."""
-    out = sh("snakemake", "-n", "--cores", "1", "--config", "config_file=config/demo.yaml", cwd=proj).stdout
+    out = sh("snakemake", "-n", "--cores", "1", "--configfile", "config/demo.yaml", cwd=proj).stdout
     return job_counts(out)
 
 

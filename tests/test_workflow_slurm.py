@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _snakemake import job_counts
+from _snakemake import job_counts, make_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,17 +66,6 @@ def sh(*args, cwd, check=True, timeout=300, env=None):
     return proc
 
 
-def make_project(root: Path, config: dict) -> Path:
-    """A minimal copy of the project (workflow, profiles, the rules' conda env file) with
-    CONFIG as config/run.yaml. The package itself is the installed one."""
-    shutil.copytree(REPO / "workflow", root / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "slurm", root / "slurm")
-    shutil.copy(REPO / "environment.yml", root / "environment.yml")  # in each job's metadata
-    (root / "config").mkdir()
-    (root / "config" / "run.yaml").write_text(yaml.safe_dump(config))
-    return root
-
-
 def job_resources(text: str) -> dict:
     """{rule: resources line} from a dry run's job listing (first job of each rule)."""
     out, rule = {}, None
@@ -92,7 +81,7 @@ def job_resources(text: str) -> dict:
 # ------------------------------------------------------------------ without a cluster
 
 def test_lint():
-    proc = sh("snakemake", "--lint", "--config", "config_file=config/demo.yaml", cwd=REPO, check=False)
+    proc = sh("snakemake", "--lint", "--configfile", "config/demo.yaml", cwd=REPO, check=False)
     findings = "\n".join(line for line in (proc.stdout + proc.stderr).splitlines()
                          if line.startswith("Lints for") or line.lstrip().startswith("* "))
     assert proc.returncode == 0, f"snakemake --lint findings:\n{findings or (proc.stdout + proc.stderr)[-3000:]}"
@@ -100,7 +89,7 @@ def test_lint():
 
 def test_dag_3_targets_2_variants_2_folds(tmp_path):
     proj = make_project(tmp_path, GRID)
-    out = sh("snakemake", "-n", "--cores", "1", "--config", "config_file=config/run.yaml", cwd=proj).stdout
+    out = sh("snakemake", "-n", "--cores", "1", "--configfile", "config/run.yaml", cwd=proj).stdout
     assert job_counts(out) == {"synth": 3, "prepare": 3, "train": 12, "evaluate": 12, "report": 1, "all": 1}
 
 
@@ -115,7 +104,7 @@ def test_slurm_profile_dry_run(tmp_path):
     assert not set(prof) & set(wf), "keys in both profiles: one would replace the other"
 
     proj = make_project(tmp_path, TINY)
-    proc = sh("snakemake", "-n", "--cores", "8", "--profile", "slurm", "--config", "config_file=config/run.yaml",
+    proc = sh("snakemake", "-n", "--cores", "8", "--profile", "slurm", "--configfile", "config/run.yaml",
               cwd=proj)
     text = proc.stdout + proc.stderr
     assert "Using profiles slurm and workflow specific profile" in text
@@ -183,7 +172,7 @@ def test_tiny_run_on_slurm(cluster, tmp_path):
     proj = make_project(tmp_path, TINY)
     t0 = time.monotonic()
     rc, out, timed_out = run_snakemake(
-        ["snakemake", "--cores", "8", "--profile", "slurm", "--config", "config_file=config/run.yaml"],
+        ["snakemake", "--cores", "8", "--profile", "slurm", "--configfile", "config/run.yaml"],
         cwd=proj, limit_s=240)
     took = time.monotonic() - t0
     run_id = re.search(r"SLURM run ID: (\S+)", out)

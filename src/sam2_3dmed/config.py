@@ -7,6 +7,7 @@ Errors name the file and the dotted key, e.g.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from functools import lru_cache
@@ -17,6 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .atomic import atomic_file
 from .errors import ConfigError, UserError
 
 
@@ -86,13 +88,14 @@ def validate(cfg: dict, source: str = "config") -> dict:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated."""
+def load_config(path: str | Path | None = None, overrides: dict | None = None, source: str | None = None) -> dict:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated.
+
+    Problems with the file name the file; a key that fails validation names ``source``
+    (default: the file, or "built-in defaults")."""
     cfg = defaults()
-    source = "built-in defaults"
     if path is not None:
         p = Path(path)
-        source = str(p)
         if p.is_dir():
             raise ConfigError("is a folder, not a config file", p)
         if not p.is_file():
@@ -112,7 +115,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         cfg = deep_merge(cfg, user)
     if overrides:
         cfg = deep_merge(cfg, overrides)
-    return validate(cfg, source)
+    return validate(cfg, source or (str(path) if path is not None else "built-in defaults"))
 
 
 def variant_config(cfg: dict, variant: str) -> dict:
@@ -150,3 +153,90 @@ def target_config(cfg: dict, name: str) -> dict:
         return cfg["targets"][name]
     except KeyError:
         raise UserError(f"unknown target {name!r}; defined targets: {', '.join(sorted(cfg['targets']))}") from None
+
+
+# ------------------------------------------------------------------ the Snakemake workflow's config
+
+#: The config the workflow runs when no --configfile (nor the older config_file key) is given.
+DEFAULT_WORKFLOW_CONFIG = "config/config.yaml"
+#: ``--config config_file=FILE``: the older way of choosing the config (still accepted).
+LEGACY_CONFIG_KEY = "config_file"
+
+
+def _typed(value: Any) -> Any:
+    """Snakemake parses a nested ``--config`` value with YAML's BaseLoader, so every leaf
+    of ``run='{"folds": [0, 1]}'`` arrives as a string ('0', '1'). Read each string leaf
+    again as YAML would read it in a config file (numbers, booleans, null); anything else
+    stays a string."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if isinstance(parsed, (bool, int, float)) or (parsed is None and value.strip() in ("null", "Null", "NULL", "~")):
+            return parsed
+    return value
+
+
+def _shown(path: str | Path) -> str:
+    """A path as a user typed it: relative to the working folder when inside it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def workflow_config(merged: dict, configfiles, overrides) -> tuple[dict, str]:
+    """The validated config of one Snakemake run, and a label naming where it came from.
+
+    Built-in defaults, then the ``--configfile`` files (or, without any, the file of
+    ``--config config_file=FILE``, or :data:`DEFAULT_WORKFLOW_CONFIG`), then the other
+    ``--config`` overrides, deep-merged in that order; validated as a whole, so an unknown
+    key, target or variant is an error before any job is planned.
+
+    ``merged`` is Snakemake's ``config`` (the --configfile files with the overrides merged
+    in), ``configfiles`` the --configfile paths and ``overrides`` the --config mapping.
+    """
+    overrides = _typed(dict(overrides))
+    legacy = overrides.pop(LEGACY_CONFIG_KEY, None)
+    files = [_shown(f) for f in configfiles]
+    if legacy is not None and files:
+        raise ConfigError(f"choose the config once: --configfile {files[0]} or --config {LEGACY_CONFIG_KEY}={legacy}, "
+                          "not both", "--config")
+    if legacy is not None and not isinstance(legacy, str):
+        raise ConfigError(f"{LEGACY_CONFIG_KEY}: must be a file name, got {legacy!r}", "--config")
+    extra = " + --config" if overrides else ""
+    if not files:
+        base = legacy or DEFAULT_WORKFLOW_CONFIG
+        source = f"{base}{extra}"
+        cfg = load_config(base, overrides=overrides, source=source)
+    else:
+        # Snakemake has merged the files (in order) and the untyped overrides: type those again
+        user = deep_merge({k: v for k, v in merged.items() if k != LEGACY_CONFIG_KEY}, overrides)
+        source = " + ".join(files) + extra
+        cfg = validate(deep_merge(defaults(), user), source)
+    for variant in cfg["run"]["variants"]:  # each variant's own checks (weights, U-Net geometry) too
+        try:
+            variant_config(cfg, variant)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), source) from None
+    return cfg, source
+
+
+def write_effective_config(cfg: dict, folder: str | Path) -> Path:
+    """Store the merged config where every job reads it: ``FOLDER/<hash>.yaml``, named by
+    its content (a changed config is a new file, so a job never sees it change under it,
+    and two runs with different overrides never share one). Written atomically, once."""
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    if not path.is_file():
+        with atomic_file(path) as tmp:
+            tmp.write_text("# sam2-3dmed: the merged config of a workflow run (built-in defaults, config files,\n"
+                           "# --config overrides). Every job of the run reads it; its name is a hash of its content.\n"
+                           + text, encoding="utf-8")
+    return path

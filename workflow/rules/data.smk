@@ -65,11 +65,10 @@ rule prepare:
         f"{LOGS}/prepare/{{target}}.bench.tsv"
     params:
         out=lambda wc: f"{PREPARED}/{wc.target}",
-        config=CONFIG_FILE,
         settings=lambda wc: settings(target=target_config(CFG, wc.target), prepare=CFG["prepare"], splits=CFG["splits"]),
     resources:
         runtime=120,
         mem_mb=8000,
     shell:
         "sam2-3dmed prepare {input.task_dir:q} --target {wildcards.target:q} --out {params.out:q}"
-        " --config {params.config:q} > {log:q} 2>&1"
+        " --config {CONFIG_PATH:q} > {log:q} 2>&1"

@@ -41,7 +41,6 @@ rule train:
         f"{LOGS}/train/{{target}}_{{variant}}_fold{{fold}}.bench.tsv"
     params:
         out=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
-        config=CONFIG_FILE,
         settings=lambda wc: settings(target=target_config(CFG, wc.target),
                                      model=variant_config(CFG, wc.variant)["model"],
                                      train=variant_config(CFG, wc.variant)["train"]),
@@ -54,5 +53,5 @@ rule train:
     shell:
         # appended, with a header per attempt: a resumed (requeued, retried) job keeps the earlier log
         "echo \"== $(date -Is) on $(hostname), SLURM job ${{SLURM_JOB_ID:-none}}\" >> {log:q}; "
-        "sam2-3dmed train --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
+        "sam2-3dmed train --config {CONFIG_PATH:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
         " --fold {wildcards.fold} --prepared {input.prepared:q} --out {params.out:q} --restart-if-changed >> {log:q} 2>&1"
