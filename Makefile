@@ -1,29 +1,42 @@
 # Entry points. Every target sets up .venv first (idempotent, fast when up to date).
+# Variables (make VAR=value target):
+#   CORES=N                   cores Snakemake may use for the demo (default 2)
+#   SNAKEMAKE_PROFILE=slurm   run the demo's jobs on SLURM (./slurm); unset or empty: locally
+#   SNAKEMAKE_ARGS="..."      extra snakemake arguments for the demo, e.g. --dry-run
+#   PYTEST_ARGS="..."         extra pytest arguments for test and test-fast
+#   BENCH_ARGS="..."          arguments of benchmarks/run_all.py, e.g. --skip quality
 VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 CORES ?= 2
-# SNAKEMAKE_PROFILE=slurm runs the demo's jobs on SLURM (scripts/workflow.sh)
 SNAKEMAKE_PROFILE ?=
-export SNAKEMAKE_PROFILE
+SNAKEMAKE_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+# pytest exits 5 when it selects no test: that is not a failure of the suite
+PYTEST = rc=0; pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected"; exit 0; fi; exit $$rc
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test test-fast bench clean-demo
 
 setup:
 	./scripts/setup.sh
 
 ## CPU demo on synthetic MSD-format data: the Snakemake workflow with config/demo.yaml
+# (the profile is passed on the command line only: Snakemake reads an exported
+# SNAKEMAKE_PROFILE itself, and an empty one stops it)
 demo: setup
-	bash scripts/workflow.sh config/demo.yaml $(CORES)
+	SNAKEMAKE_PROFILE='$(SNAKEMAKE_PROFILE)' bash scripts/workflow.sh config/demo.yaml $(CORES) $(SNAKEMAKE_ARGS)
 
-## all tests, slow ones included (pytest exits 5 when nothing is selected: not a failure)
+## every test, slow ones included
 test: setup
-	@pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected"; exit 0; fi; exit $$rc
+	@$(call PYTEST,)
 
-## every benchmark, then benchmarks/RESULTS.md (BENCH_ARGS="--skip quality" for the fast ones)
-BENCH_ARGS ?=
+## every test not marked slow (quick local loops)
+test-fast: setup
+	@$(call PYTEST,-m "not slow")
+
+## every benchmark, then benchmarks/RESULTS.md
 bench: setup
 	python benchmarks/run_all.py $(BENCH_ARGS)
 
