@@ -36,30 +36,55 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+DEMO_RUN = REPO / "results" / "demo" / "runs" / "spleen" / "full" / "fold0"
+
+
+def _demo_run_problem(cfg) -> str | None:
+    """Why the demo's finished run is not the model this module would train, or None.
+
+    It is the same model when it finished ``config/demo.yaml``'s steps, with its model,
+    train and split settings, trained by this exact package code (``code_digest`` in its
+    train_summary.json): the same code, config and seeds, so the same computation."""
+    from sam2_3dmed.code_digest import package_digest
+    from sam2_3dmed.config import variant_config
+    from sam2_3dmed.train.trainer import load_checkpoint
+
+    if not (DEMO_RUN / "train_summary.json").is_file() or not (DEMO_RUN / "last.pt").is_file():
+        return f"no finished demo run in {DEMO_RUN} (make demo)"
+    summary = json.loads((DEMO_RUN / "train_summary.json").read_text())
+    if summary.get("code_digest") != package_digest():
+        return f"the demo run was trained by other code (digest {summary.get('code_digest')}, now {package_digest()})"
+    if summary["steps"] != cfg["train"]["steps"]:
+        return f"the demo run has {summary['steps']} steps, config/demo.yaml {cfg['train']['steps']}"
+    stored, want = load_checkpoint(DEMO_RUN / "last.pt")["config"], variant_config(cfg, "full")
+    if {k: stored[k] for k in ("model", "train", "splits")} != {k: want[k] for k in ("model", "train", "splits")}:
+        return "the demo run was trained with other settings than config/demo.yaml's"
+    return None
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Train with the demo settings, or (CI) take the demo run that just finished.
+    """Train with the demo settings, or take the demo run when it is the same model.
 
-    With SAM2_3DMED_REUSE_DEMO=1 the module uses the demo's own outputs (data/demo,
-    results/demo: the same config, data and seed this fixture would train with) instead
-    of training the same model a second time; the run must be complete and its stored
-    config must equal config/demo.yaml's, otherwise the tests fail (they never skip).
+    ``make demo`` trains exactly this model (same config, data seed and code), so when the
+    demo's run in results/demo is finished and matches (see :func:`_demo_run_problem`:
+    steps, settings, and the package's code digest) the module uses it instead of training
+    the same model a second time; otherwise it trains its own (~8 min).
+    SAM2_3DMED_REUSE_DEMO=1 requires the demo run (the tests fail, never skip, if it does
+    not match); SAM2_3DMED_REUSE_DEMO=0 always trains.
     """
     root = tmp_path_factory.mktemp("learning")
     cfg = load_config(REPO / "config" / "demo.yaml")
-    if os.environ.get("SAM2_3DMED_REUSE_DEMO"):
-        from sam2_3dmed.config import variant_config
-        from sam2_3dmed.train.trainer import load_checkpoint
-
-        run = REPO / "results" / "demo" / "runs" / "spleen" / "full" / "fold0"
-        summary = json.loads((run / "train_summary.json").read_text())
-        stored = load_checkpoint(run / "last.pt")["config"]
-        want = variant_config(cfg, "full")
-        assert summary["steps"] == cfg["train"]["steps"], summary
-        assert {k: stored[k] for k in ("model", "train", "splits")} == \
-               {k: want[k] for k in ("model", "train", "splits")}, "demo run was trained with other settings"
+    reuse = os.environ.get("SAM2_3DMED_REUSE_DEMO", "")
+    problem = None if reuse == "0" else _demo_run_problem(cfg)
+    if reuse == "1":
+        assert problem is None, f"SAM2_3DMED_REUSE_DEMO=1 but {problem}"
+    if reuse != "0" and problem is None:
+        print(f"\nlearning tests: using the demo's finished run {DEMO_RUN} (same code, config and seeds)")
         return {"root": root, "cfg": cfg, "task": REPO / cfg["data"]["root"] / "Task09_Spleen",
-                "prep": REPO / cfg["data"]["prepared"] / "spleen", "run": run, "minutes": float("nan")}
+                "prep": REPO / cfg["data"]["prepared"] / "spleen", "run": DEMO_RUN, "minutes": float("nan")}
+    if reuse != "0":
+        print(f"\nlearning tests: training the demo model here: {problem}")
     syn = cfg["data"]["synthetic"]
     task = synth_task("Task09_Spleen", root / "raw", cases=syn["cases"], test_cases=0,
                       seed=syn["seed"], size=syn["size"])

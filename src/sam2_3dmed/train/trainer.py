@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_file, ensure_dir, remove_stale, write_json
+from ..code_digest import package_digest
 from ..config import variant_config
 from ..console import log, new_progress
 from ..errors import InputFileError, UserError
@@ -406,5 +407,6 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
         "parameters_per_module": module_parameters(model),
         "peak_memory_mb": peak_memory_mb(dev),
         "median_step_seconds": float(np.median([float(r["seconds"]) for r in train_rows])) if train_rows else None,
+        "code_digest": package_digest(),  # the package code that finished this run
     })
     return out
