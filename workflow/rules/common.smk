@@ -13,3 +13,11 @@ def _weights(wc):
     """The SAM2.1 checkpoint a variant needs (none for random-init variants)."""
     m = variant_config(CFG, wc.variant)["model"]
     return [m["checkpoint"]] if m["pretrained"] else []
+
+
+def merged_config(wc, output):
+    """The merged config file every job's command reads (CONFIG_PATH). A param function
+    that takes ``output`` counts as derived from the outputs, so Snakemake does not record
+    it as a rerun trigger: the file's name changes with any edit of the config, while what
+    a job depends on is in its ``settings`` param."""
+    return CONFIG_PATH

@@ -64,6 +64,7 @@ rule prepare:
     benchmark:
         f"{LOGS}/prepare/{{target}}.bench.tsv"
     params:
+        config=merged_config,
         out=lambda wc: f"{PREPARED}/{wc.target}",
         settings=lambda wc: settings(target=target_config(CFG, wc.target), prepare=CFG["prepare"], splits=CFG["splits"]),
     resources:
@@ -71,4 +72,4 @@ rule prepare:
         mem_mb=8000,
     shell:
         "sam2-3dmed prepare {input.task_dir:q} --target {wildcards.target:q} --out {params.out:q}"
-        " --config {CONFIG_PATH:q} > {log:q} 2>&1"
+        " --config {params.config:q} > {log:q} 2>&1"

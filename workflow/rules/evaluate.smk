@@ -21,6 +21,7 @@ rule evaluate:
     benchmark:
         f"{LOGS}/evaluate/{{target}}_{{variant}}_fold{{fold}}.bench.tsv"
     params:
+        config=merged_config,
         run=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
         settings=lambda wc: settings(target=target_config(CFG, wc.target), infer=CFG["infer"],
                                      evaluate=CFG["evaluate"]),
@@ -29,6 +30,6 @@ rule evaluate:
         mem_mb=16000,
     threads: 4
     shell:
-        "sam2-3dmed evaluate --config {CONFIG_PATH:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
+        "sam2-3dmed evaluate --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
         " --fold {wildcards.fold} --run {params.run:q} --prepared {input.prepared:q} --out {output.folder:q}"
         " --overwrite > {log:q} 2>&1 && cp {output.folder:q}/summary.json {output.metrics:q}"

@@ -18,6 +18,7 @@ rule report:
     benchmark:
         f"{LOGS}/report/report.bench.tsv"
     params:
+        config=merged_config,
         targets=",".join(TARGETS),
         out=lambda wc, output: str(Path(output.index).parent),
         runs=lambda wc, input: str(Path(input.evals[0]).parents[4]),  # RUNS/<target>/<variant>/fold<k>/eval/<split>
@@ -26,5 +27,5 @@ rule report:
         runtime=30,
         mem_mb=8000,
     shell:
-        "sam2-3dmed report --config {CONFIG_PATH:q} --out {params.out:q} --runs {params.runs:q}"
+        "sam2-3dmed report --config {params.config:q} --out {params.out:q} --runs {params.runs:q}"
         " --targets {params.targets:q} > {log:q} 2>&1"

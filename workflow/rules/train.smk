@@ -40,6 +40,7 @@ rule train:
     benchmark:
         f"{LOGS}/train/{{target}}_{{variant}}_fold{{fold}}.bench.tsv"
     params:
+        config=merged_config,
         out=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
         settings=lambda wc: settings(target=target_config(CFG, wc.target),
                                      model=variant_config(CFG, wc.variant)["model"],
@@ -53,5 +54,5 @@ rule train:
     shell:
         # appended, with a header per attempt: a resumed (requeued, retried) job keeps the earlier log
         "echo \"== $(date -Is) on $(hostname), SLURM job ${{SLURM_JOB_ID:-none}}\" >> {log:q}; "
-        "sam2-3dmed train --config {CONFIG_PATH:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
+        "sam2-3dmed train --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
         " --fold {wildcards.fold} --prepared {input.prepared:q} --out {params.out:q} --restart-if-changed >> {log:q} 2>&1"
