@@ -25,7 +25,7 @@ not depend on the weight values), encoder frozen as in the paper:
    (``aten._scaled_dot_product_flash_attention_for_cpu``), so every attention matmul would
    count as zero on a CPU; this script adds that formula (the same as torch's for the GPU
    kernels) and lists the ops it saw executed that are still not counted.
-3. Inference latency per volume: the real ``infer.volume.predict_prepared`` (auto mode, the
+3. Inference latency per volume: the real ``infer.propagation.predict_by_propagation`` (auto mode, the
    config's ``infer.chunk`` and ``infer.feature_dtype``) on a synthetic prepared-like volume
    (a smooth body phantom in [0, 1], ``--slices`` per size: 24 at 256 px, 8 at 512 px by
    default), ``full`` vs ``sam2_ft`` (the baseline: plain SAM2, same propagation code),
@@ -276,7 +276,7 @@ def time_volume(model, vol: np.ndarray, icfg: dict, device) -> tuple[np.ndarray,
     between its progress events (each encoded chunk, each propagation step, then the rest:
     resampling the output) and their kinds ("enc", "step", "rest"). Each adds up to the call's
     wall (CPU) time."""
-    from sam2_3dmed.infer.volume import predict_prepared
+    from sam2_3dmed.infer.propagation import predict_by_propagation
 
     n = vol.shape[0]
     marks = []
@@ -287,7 +287,7 @@ def time_volume(model, vol: np.ndarray, icfg: dict, device) -> tuple[np.ndarray,
 
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
-    predict_prepared(model, vol, None, chunk=None if icfg["chunk"] == "auto" else icfg["chunk"], device=device,
+    predict_by_propagation(model, vol, None, chunk=None if icfg["chunk"] == "auto" else icfg["chunk"], device=device,
                      feature_dtype=icfg["feature_dtype"], progress=progress)
     sync(device)
     t1, c1 = time.perf_counter(), time.process_time()

@@ -18,9 +18,9 @@ bit-identical frames. Prompt: the tight box of the label on its largest cross-se
 
 Settings (each: one warm-up, then the median of ``--repeats``, ours and theirs interleaved):
 
-A. ``half``: ours ``predict_prepared(passes="half")`` vs ``propagate_in_video`` from the key
+A. ``half``: ours ``predict_by_propagation(passes="half")`` vs ``propagate_in_video`` from the key
    slice k forward, then from k with ``reverse=True``; outputs combined per frame.
-B. ``full``: ours ``predict_prepared(passes="full")`` vs ``propagate_in_video`` from frame 0
+B. ``full``: ours ``predict_by_propagation(passes="full")`` vs ``propagate_in_video`` from frame 0
    forward and from frame n-1 in reverse (the prompted frame is conditioning memory of both
    passes), sigmoid probabilities averaged.
 
@@ -240,11 +240,11 @@ class EncoderCounter:
 
 
 def run_ours(model, frames, prompt, passes, chunk, counter):
-    from sam2_3dmed.infer.volume import predict_prepared
+    from sam2_3dmed.infer.propagation import predict_by_propagation
 
     counter.reset()
     t0 = time.perf_counter()
-    prob = predict_prepared(model, frames, prompt, chunk=chunk, device="cpu", feature_dtype="float32", passes=passes)
+    prob = predict_by_propagation(model, frames, prompt, chunk=chunk, device="cpu", feature_dtype="float32", passes=passes)
     dt = time.perf_counter() - t0
     return prob, dt, counter.read()
 
@@ -320,7 +320,7 @@ def main() -> None:
     ap.add_argument("--obj-score-bias", type=float, default=0.0,
                     help="added to the object-score head's last bias (both sides) so that random weights "
                          "call the object present")
-    ap.add_argument("--chunk", type=int, default=None, help="our encoder batch (slices; default: infer.volume.auto_chunk)")
+    ap.add_argument("--chunk", type=int, default=None, help="our encoder batch (slices; default: infer.propagation.auto_chunk)")
     ap.add_argument("--case", type=int, default=4, help="synthetic spleen case index (4 has 83 prepared slices)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -332,8 +332,8 @@ def main() -> None:
 
     svp.tqdm = smisc.tqdm = lambda it, *a, **kw: it  # no progress bars (and no bar overhead) in the baseline
 
-    from sam2_3dmed.infer.volume import Prompt
-    from sam2_3dmed.train.prompts import box_from_mask, key_slice
+    from sam2_3dmed.model.prompts import Prompt
+    from sam2_3dmed.model.prompts import box_from_mask, key_slice
 
     model, backbone, size, origin = build_ours(args)
     logging.getLogger("sam2_3dmed").setLevel(logging.ERROR)

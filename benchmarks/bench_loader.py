@@ -50,7 +50,7 @@ def naive_dataset_class():
         """Same pipeline; reads the whole volume into memory for every clip."""
 
         def read_window(self, case_id, start, stop):
-            d = self.prepared_dir / "cases" / case_id
+            d = self.prepared.path / "cases" / case_id
             image = np.load(d / "image.npy", allow_pickle=False)
             label = np.load(d / "label.npy", allow_pickle=False)
             return image[start:stop].astype(np.float32), label[start:stop].copy()
@@ -59,9 +59,7 @@ def naive_dataset_class():
 
 
 def clips_per_s(ds, workers: int, batch: int, n_clips: int) -> float:
-    from sam2_3dmed.train.dataset import collate
-
-    dl = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate,
+    dl = DataLoader(ds, batch_size=batch, num_workers=workers,
                     persistent_workers=False, prefetch_factor=2 if workers else None)
     it = iter(dl)
     next(it)  # warm-up: worker start, first file opens, page cache
@@ -93,15 +91,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from sam2_3dmed.console import log
     log.setLevel("WARNING")
-    from sam2_3dmed.data.prepare import load_prepared_case
-    from sam2_3dmed.train.dataset import ClipDataset, list_cases
+    from sam2_3dmed.data.prepared import PreparedTarget
+    from sam2_3dmed.train.dataset import ClipDataset
 
     Naive = naive_dataset_class()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         prep = make_target(Path(tmp), args.cases, args.size)
-        ids = list_cases(prep, 0, "train") + list_cases(prep, 0, "val")
-        shapes = [load_prepared_case(prep, c)[0].shape for c in ids]
+        ids = PreparedTarget(prep).cases(0, "train") + PreparedTarget(prep).cases(0, "val")
+        shapes = [PreparedTarget(prep).case(c)[0].shape for c in ids]
         mb = [np.prod(s) * 3 / 2**20 for s in shapes]  # float16 image + uint8 label
         print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; {len(ids)} synthetic cases prepared in "

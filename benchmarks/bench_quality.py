@@ -85,7 +85,7 @@ def mean_std(values):
 
 def run_one(cfg: dict, target: str, variant: str, seed: int, work: Path, key: str) -> dict:
     from sam2_3dmed.config import deep_merge
-    from sam2_3dmed.evaluate.run import evaluate_run
+    from sam2_3dmed.evaluate.evaluation import EvalJob, evaluate_run
     from sam2_3dmed.train.trainer import train
 
     run_dir = work / "runs" / target / variant / f"seed{seed}"
@@ -100,7 +100,7 @@ def run_one(cfg: dict, target: str, variant: str, seed: int, work: Path, key: st
     t0 = time.perf_counter()
     train(scfg, target, variant, 0, run_dir / "train", device="cpu")
     t_train = time.perf_counter() - t0
-    evaluate_run(scfg, target, variant, 0, run_dir / "train", run_dir / "eval", device="cpu", overwrite=True)
+    evaluate_run(scfg, EvalJob(target, variant, 0, run_dir / "train", run_dir / "eval", device="cpu", overwrite=True))
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     auto = summary["metrics"]["auto"]
     ts = json.loads((run_dir / "train" / "train_summary.json").read_text())

@@ -46,8 +46,9 @@ def make_prepared(tmp: Path) -> Path:
 def bench_variant(variant: str, size: int, clip: int, steps: int, frozen: bool, prep: Path, device: torch.device):
     from sam2_3dmed.config import load_config, variant_config
     from sam2_3dmed.model.factory import build_model
-    from sam2_3dmed.train.dataset import ClipDataset, list_cases
-    from sam2_3dmed.train.trainer import compute_losses
+    from sam2_3dmed.data.prepared import PreparedTarget
+    from sam2_3dmed.model.losses import compute_losses
+    from sam2_3dmed.train.dataset import ClipDataset
 
     import logging
 
@@ -57,7 +58,7 @@ def bench_variant(variant: str, size: int, clip: int, steps: int, frozen: bool, 
     torch.manual_seed(0)
     model = build_model(cfg["model"], device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ds = ClipDataset(prep, list_cases(prep, 0, "train"), clip_length=clip, image_size=size, length=steps + 2, seed=0)
+    ds = ClipDataset(prep, PreparedTarget(prep).cases(0, "train"), clip_length=clip, image_size=size, length=steps + 2, seed=0)
     batches = [torch.utils.data.default_collate([ds[i]]) for i in range(steps + 2)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -69,7 +70,7 @@ def bench_variant(variant: str, size: int, clip: int, steps: int, frozen: bool, 
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         out = model.forward_clip(batch["image"])
-        compute_losses(model, out, batch, cfg)["loss"].backward()
+        compute_losses(out, batch, cfg)["loss"].backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -83,9 +84,10 @@ def bench_variant(variant: str, size: int, clip: int, steps: int, frozen: bool, 
 
 
 def bench_loader(prep: Path, size: int, clip: int, n: int = 20) -> float:
-    from sam2_3dmed.train.dataset import ClipDataset, list_cases
+    from sam2_3dmed.data.prepared import PreparedTarget
+    from sam2_3dmed.train.dataset import ClipDataset
 
-    ds = ClipDataset(prep, list_cases(prep, 0, "train"), clip_length=clip, image_size=size, length=n, seed=1)
+    ds = ClipDataset(prep, PreparedTarget(prep).cases(0, "train"), clip_length=clip, image_size=size, length=n, seed=1)
     t0 = time.perf_counter()
     for i in range(n):
         ds[i]

@@ -5,7 +5,26 @@ from pathlib import Path
 
 import yaml
 
+from sam2_3dmed.config import deep_merge
+
+from _tiny import tiny_config
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_workflow_config(**sections) -> dict:
+    """The tests' tiny config as a whole synthetic workflow run (one target, variant and fold;
+    a short training), with ``sections`` merged over it."""
+    base = tiny_config(
+        data={"root": "data/demo/raw", "prepared": "data/demo/prepared", "source": "synthetic",
+              "synthetic": {"cases": 5, "test_cases": 0, "seed": 0, "size": 64}},
+        targets={"spleen": {"spacing_mm": [3.0, 3.0]}},
+        splits={"seed": 0},
+        run={"targets": ["spleen"], "variants": ["full"], "folds": [0]},
+        model={"backbone": "tiny"},
+        train={"steps": 3, "warmup_steps": 1, "checkpoint_every": 3, "val_every": 3, "amp": False},
+    )
+    return deep_merge(base, sections)
 
 
 def make_project(root: Path, config: dict, name: str = "run.yaml") -> Path:

@@ -44,22 +44,13 @@ import yaml
 
 from _cli import run_cli
 from _volumes import ellipsoid_case, save
+from _tiny import make_tiny_target, tiny_config
 from sam2_3dmed.cli import main
 from sam2_3dmed.config import load_config, variant_config
-from sam2_3dmed.data.prepare import prepare_target
-from sam2_3dmed.data.synth import synth_task
 from sam2_3dmed.model.factory import build_model
-from sam2_3dmed.train.trainer import save_checkpoint
+from sam2_3dmed.model.checkpoint import save_checkpoint
 
-CFG = {
-    "splits": {"folds": 2, "test_fraction": 0.0},
-    "targets": {"spleen": {"spacing_mm": [1.5, 1.5]}},
-    "model": {"image_size": 64, "pretrained": False, "adapter_blocks": 1, "srpp_layers": 1},
-    "train": {"clip_length": 3, "steps": 2, "warmup_steps": 1, "checkpoint_every": 2, "val_every": 2,
-              "num_workers": 0, "val_max_cases": 1},
-    "evaluate": {"modes": ["auto"], "save_predictions": False},
-    "run": {"targets": ["spleen"]},
-}
+CFG = tiny_config(train={"steps": 2, "warmup_steps": 1, "val_every": 2}, evaluate={"save_predictions": False})
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
 GARBAGE = np.random.default_rng(0).bytes(4096)
 
@@ -181,12 +172,8 @@ class Fx:
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory) -> Fx:
-    root = tmp_path_factory.mktemp("bad_inputs")
-    task = synth_task("Task09_Spleen", root / "raw", cases=4, test_cases=0, seed=1, size=48)
-    cfg_path = root / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(CFG))
-    cfg = load_config(cfg_path)
-    prepared = prepare_target(task, "spleen", root / "prepared" / "spleen", cfg)
+    tiny = make_tiny_target(tmp_path_factory.mktemp("bad_inputs"), CFG)
+    root, task, cfg_path, cfg, prepared = tiny.root, tiny.task, tiny.cfg_path, tiny.cfg, tiny.prepared
 
     # a small randomly initialised checkpoint of the config's model (what `train` saves)
     vcfg = variant_config(cfg, "full")

@@ -3,6 +3,7 @@ RESULTS.md is rendered from them (the benchmarks themselves are too long for CI:
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import subprocess
@@ -70,3 +71,15 @@ def test_list_runs_without_error():
     out = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--list"], capture_output=True, text=True,
                          check=True).stdout
     assert "bench_quality.py" in out and "bench_infer.py --size 512" in out
+
+
+def test_count_tests_counts_what_pytest_collects(monkeypatch):
+    """The real count (the rendering test above replaces it): a file whose tests are
+    known by construction, and a missing file."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    mod = importlib.import_module("run_all")
+    path = "tests/test_layers.py"
+    tree = ast.parse((BENCH.parent / path).read_text())
+    n = sum(isinstance(node, ast.FunctionDef) and node.name.startswith("test_") for node in tree.body)
+    assert n >= 4 and mod.count_tests(path) == n
+    assert mod.count_tests("tests/no_such_file.py") is None

@@ -10,16 +10,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sam2_3dmed.config import load_config
+from sam2_3dmed.config import defaults, load_config
 from sam2_3dmed.data.prepare import prepare_target
+from sam2_3dmed.data.prepared import PreparedTarget
 from sam2_3dmed.data.slices import (IMAGENET_MEAN, IMAGENET_STD, FitInfo, fit_info, fit_to_square,
                                     to_sam_input, unfit)
 from sam2_3dmed.data.synth import synth_task
 from sam2_3dmed.errors import ConfigError, UserError
-from sam2_3dmed.train.dataset import (AUGMENT_DEFAULTS, ClipDataset, affine_theta, collate, list_cases,
-                                      spatial_augment)
-from sam2_3dmed.train.prompts import (box_from_mask, key_slice, map_points, point_from_mask, to_sam_points,
+from sam2_3dmed.model.prompts import (BOX_LABELS, PADDING, POSITIVE, box_from_mask, clip_prompts, key_slice,
+                                      map_points, point_from_mask, prompt_from_label, prompt_points, to_sam_points,
                                       unmap_points)
+from sam2_3dmed.train.dataset import ClipDataset, affine_theta, spatial_augment
+
+FIELDS = {"image", "mask", "valid", "slice_index", "z_mm", "key_index"}  # what the trainer reads, no more
 
 NO_INTENSITY = {"intensity_shift": 0.0, "intensity_scale": [1.0, 1.0], "noise_std": 0.0}
 
@@ -31,6 +34,10 @@ def prep(tmp_path_factory):
     cfg = load_config(overrides={"splits": {"folds": 2, "test_fraction": 0.0},
                                  "targets": {"spleen": {"spacing_mm": [1.5, 1.5]}}})
     return prepare_target(task, "spleen", root / "prep", cfg)
+
+
+def list_cases(prep, fold, split="train"):
+    return PreparedTarget(prep).cases(fold, split)
 
 
 def fake_prepared(root: Path, template: Path, cases: dict, spacing=(1.0, 1.0, 2.5)) -> Path:
@@ -63,40 +70,31 @@ def dice(a, b) -> float:
 @pytest.mark.parametrize("s", [64, 128])
 def test_clip_shapes_and_fields(prep, d, s):
     ds = ClipDataset(prep, list_cases(prep, 0), clip_length=d, image_size=s, length=8, seed=1)
+    z_spacings = {m.spacing[2] for m in ds.meta.values()}
     for i in range(4):
         x = ds[i]
+        assert set(x) == FIELDS
         assert x["image"].shape == (d, 3, s, s) and x["image"].dtype == torch.float32
         assert x["mask"].shape == (d, s, s) and x["mask"].dtype == torch.float32
         assert set(torch.unique(x["mask"]).tolist()) <= {0.0, 1.0}
         assert x["valid"].dtype == torch.bool and x["valid"].all()  # synthetic volumes are >= 40 slices
         idx = x["slice_index"]
         assert idx.dtype == torch.int64 and idx.shape == (d,)
-        step = -1 if x["reversed"] else 1
-        assert (torch.diff(idx) == step).all()
-        sz = float(x["spacing"][2])
-        assert torch.allclose(x["z_mm"], idx.float() * sz)
-        assert torch.equal(x["srpp_pos"], x["z_mm"])
-        assert x["spacing"].shape == (3,) and x["case_id"] in ds.case_ids
-        assert torch.equal(x["present"], x["mask"].flatten(1).amax(1) > 0)
+        steps = torch.diff(idx)
+        assert (steps == 1).all() or (steps == -1).all()  # consecutive slices, either way
+        sz = float(x["z_mm"][1] - x["z_mm"][0]) / int(steps[0])
+        assert torch.allclose(x["z_mm"], idx.float() * sz) and any(abs(sz - z) < 1e-4 for z in z_spacings)
         k = int(x["key_index"])
-        if x["present"].any():
+        if x["mask"].any():
             areas = x["mask"].flatten(1).sum(1)
             assert k >= 0 and areas[k] == areas.max()
-            x0, y0, x1, y1 = x["box"].tolist()
-            assert 0 <= x0 <= x1 < s and 0 <= y0 <= y1 < s
-            px, py = (int(v) for v in x["point"])
-            assert x["mask"][k, py, px] == 1  # the click lies inside the key slice's mask
         else:
-            assert k == -1 and not x["box"].any() and not x["point"].any()
+            assert k == -1
         assert x["image"].min() >= -IMAGENET_MEAN[0] / IMAGENET_STD[0] - 1e-4  # from [0, 1] data
 
 
 def test_index_target_and_errors(prep):
     ids = list_cases(prep, 0)
-    x = ClipDataset(prep, ids, 4, 64, 4, srpp_target="index")[0]
-    assert torch.equal(x["srpp_pos"], x["slice_index"].float())
-    with pytest.raises(ConfigError, match="srpp_target"):
-        ClipDataset(prep, ids, 4, 64, 4, srpp_target="slices")
     with pytest.raises(ConfigError, match="augment.rotate"):
         ClipDataset(prep, ids, 4, 64, 4, augment={"rotate": 5})
     with pytest.raises(ConfigError, match="fg_share"):
@@ -127,19 +125,18 @@ def test_deterministic_in_seed_and_index(prep):
     assert len(blob) < 50_000
     assert same(pickle.loads(blob)[7], a[7])
     # through a DataLoader with workers: same batches as direct indexing
-    dl = DataLoader(a, batch_size=4, num_workers=2, collate_fn=collate)
+    dl = DataLoader(a, batch_size=4, num_workers=2)
     batch = next(iter(dl))
-    assert batch["image"].shape == (4, 6, 3, 64, 64) and batch["case_id"] == [a[i]["case_id"] for i in range(4)]
-    assert torch.equal(batch["image"][2], a[2]["image"]) and batch["reversed"].dtype == torch.bool
+    assert batch["image"].shape == (4, 6, 3, 64, 64) and batch["key_index"].shape == (4,)
+    for i in range(4):
+        assert all(torch.equal(batch[k][i], a[i][k]) for k in FIELDS)
 
 
 def test_fg_share_one_always_has_foreground(prep):
     ds = ClipDataset(prep, list_cases(prep, 0), 6, 64, 60, fg_share=1.0, augment=False)
     for i in range(60):
         x = ds[i]
-        _, label = ds.arrays(x["case_id"])
-        assert np.asarray(label[x["slice_index"].numpy()]).any()
-        assert x["present"].any() and x["key_index"] >= 0
+        assert x["mask"].any() and x["key_index"] >= 0
 
 
 def test_reversed_clips(prep):
@@ -148,7 +145,6 @@ def test_reversed_clips(prep):
     rev = ClipDataset(prep, ids, 6, 64, 10, reverse_prob=1.0, augment=False)
     for i in range(10):
         f, r = fwd[i], rev[i]
-        assert not f["reversed"] and r["reversed"]
         assert (torch.diff(f["slice_index"]) > 0).all() and (torch.diff(r["slice_index"]) < 0).all()
         assert (torch.diff(f["z_mm"]) > 0).all() and (torch.diff(r["z_mm"]) < 0).all()
         # the same window, in the opposite order
@@ -158,14 +154,15 @@ def test_reversed_clips(prep):
 
 
 def test_no_augmentation_is_plain_fit(prep):
-    ds = ClipDataset(prep, list_cases(prep, 0), 4, 64, 3, reverse_prob=0.0, augment=False)
+    one = list_cases(prep, 0)[:1]
+    ds = ClipDataset(prep, one, 4, 64, 3, reverse_prob=0.0, augment=False)
     x = ds[0]
-    image, label = ds.arrays(x["case_id"])
+    image, label = ds.arrays(one[0])
     idx = x["slice_index"].numpy()
     ref, _ = fit_to_square(np.asarray(image[idx[0]:idx[-1] + 1], np.float32), 64)
     assert torch.allclose(unnormalise(x["image"]), ref, atol=1e-5)
     ident = {**NO_INTENSITY, "p": 1.0, "rotate_deg": 0.0, "scale": [1.0, 1.0]}
-    y = ClipDataset(prep, list_cases(prep, 0), 4, 64, 3, reverse_prob=0.0, augment=ident)[0]
+    y = ClipDataset(prep, one, 4, 64, 3, reverse_prob=0.0, augment=ident)[0]
     assert torch.allclose(unnormalise(y["image"]), ref, atol=1e-5) and torch.equal(y["mask"], x["mask"])
 
 
@@ -200,7 +197,7 @@ def test_no_left_right_flip_by_default(prep, tmp_path):
     lab = np.zeros((z, h, w), np.uint8)
     lab[:, 14:26, 3:13] = 1  # organ well inside the left third (low column index)
     root = fake_prepared(tmp_path / "p", prep, {"c0": (lab * 0.8, lab)})
-    assert AUGMENT_DEFAULTS["flip_lr"] is False
+    assert defaults()["train"]["augment"]["flip_lr"] is False
 
     def centroids(augment):
         ds = ClipDataset(root, ["c0"], 4, 64, 40, augment=augment)
@@ -367,3 +364,33 @@ def test_to_sam_points():
     assert lab.tolist() == [[1]] and c.tolist() == [[[5, 6]]]
     with pytest.raises(ValueError):
         to_sam_points()
+
+
+def test_prompt_from_label_and_prompt_points():
+    vol = np.zeros((6, 30, 40), np.uint8)
+    vol[2, 5:9, 10:14] = 1
+    vol[4, 10:21, 5:36] = 1  # the largest cross-section
+    box = prompt_from_label(vol, "box")
+    assert box.slice_index == 4 and box.box == (5.0, 10.0, 35.0, 20.0) and box.kind == "box"
+    point = prompt_from_label(vol, "point")
+    assert point.slice_index == 4 and vol[4, int(point.point[1]), int(point.point[0])] == 1
+    assert prompt_from_label(np.zeros_like(vol), "box") is None
+    c, lab = prompt_points(box)
+    assert c.tolist() == [[5, 10], [35, 20]] and tuple(lab) == BOX_LABELS
+    c, lab = prompt_points(point)
+    assert c.shape == (1, 2) and lab.tolist() == [POSITIVE]
+
+
+def test_clip_prompts_pad_clips_without_the_organ():
+    m = np.zeros((3, 20, 20), np.float32)
+    m[0, 4:9, 6:15] = 1
+    m[2, 10:12, 10:12] = 1
+    rng = np.random.default_rng(0)
+    coords, labels = clip_prompts(list(m), use_box=True, rng=rng, jitter=0.0)
+    assert coords.shape == (3, 2, 2) and coords.dtype == np.float32 and labels.dtype == np.int32
+    assert coords[0].tolist() == [[6, 4], [14, 8]] and tuple(labels[0]) == BOX_LABELS
+    assert labels[1].tolist() == [PADDING, PADDING] and not coords[1].any()  # absent: no prompt
+    coords, labels = clip_prompts(list(m), use_box=False, rng=rng, jitter=0.0)
+    assert labels[:, 0].tolist() == [POSITIVE, PADDING, POSITIVE] and (labels[:, 1] == PADDING).all()
+    x, y = coords[2, 0].astype(int)
+    assert m[2, y, x] == 1

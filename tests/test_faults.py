@@ -39,11 +39,9 @@ import pytest
 import yaml
 
 from _cli import one_line_error, run_cli
-from _snakemake import job_counts
-from sam2_3dmed.config import load_config
-from sam2_3dmed.data.prepare import prepare_target
-from sam2_3dmed.data.synth import synth_task
-from sam2_3dmed.train.trainer import load_checkpoint
+from _snakemake import job_counts, tiny_workflow_config
+from _tiny import make_tiny_target, tiny_config
+from sam2_3dmed.model.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -51,15 +49,8 @@ ENV = dict(os.environ, SAM2_3DMED_NO_PROGRESS="1", OMP_NUM_THREADS="1",
            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 STEPS = 8
 # a frozen (random) encoder keeps the checkpoints small (~165 MB instead of ~490 MB)
-OVERRIDES = {
-    "splits": {"folds": 2, "test_fraction": 0.0},
-    "targets": {"spleen": {"spacing_mm": [1.5, 1.5], "slice_spacing_mm": 8.0}},  # ~20 slices per volume
-    "model": {"image_size": 64, "pretrained": False, "freeze_encoder": True, "adapter_blocks": 1, "srpp_layers": 1},
-    "train": {"clip_length": 3, "steps": STEPS, "warmup_steps": 2, "checkpoint_every": 2, "val_every": 3,
-              "num_workers": 0, "val_max_cases": 1, "lr": 1e-3, "lr_encoder": 1e-4},
-    "evaluate": {"modes": ["auto"]},
-    "run": {"targets": ["spleen"]},
-}
+OVERRIDES = tiny_config(targets={"spleen": {"slice_spacing_mm": 8.0}},  # ~20 slices per volume
+                        model={"freeze_encoder": True}, train={"steps": STEPS})
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 
 
@@ -69,12 +60,8 @@ NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 4-case synthetic spleen task, its prepared target and the config."""
-    root = tmp_path_factory.mktemp("faults")
-    task = synth_task("Task09_Spleen", root / "raw", cases=4, test_cases=0, seed=1, size=48)
-    cfg = root / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(OVERRIDES))
-    prep = prepare_target(task, "spleen", root / "prep", load_config(cfg))
-    return {"root": root, "task": task, "cfg": cfg, "prep": prep}
+    t = make_tiny_target(tmp_path_factory.mktemp("faults"), OVERRIDES)
+    return {"root": t.root, "task": t.task, "cfg": t.cfg_path, "prep": t.prepared}
 
 
 def train_args(tiny, out, *extra) -> list:
@@ -426,18 +413,10 @@ def test_unwritable_folder_is_refused_for_an_ordinary_user(tiny, small_disk):
 
 # --- 4. Ctrl-C to Snakemake, then the rerun ---------------------------------------------
 
-SMK = {
-    "data": {"root": "data/demo/raw", "prepared": "data/demo/prepared", "source": "synthetic",
-             "synthetic": {"cases": 4, "test_cases": 0, "seed": 0, "size": 48}},
-    "targets": {"spleen": {"spacing_mm": [3.0, 3.0], "slice_spacing_mm": 8.0}},
-    "splits": {"folds": 2, "test_fraction": 0.0, "seed": 0},
-    "run": {"targets": ["spleen"], "variants": ["full"], "folds": [0]},
-    "model": {"backbone": "tiny", "image_size": 64, "pretrained": False, "freeze_encoder": True,
-              "adapter_blocks": 1, "srpp_layers": 1},
-    "train": {"clip_length": 3, "steps": 4, "warmup_steps": 1, "checkpoint_every": 1, "val_every": 4,
-              "val_max_cases": 1, "num_workers": 0, "amp": False},
-    "evaluate": {"modes": ["auto"], "save_predictions": True},
-}
+SMK = tiny_workflow_config(data={"synthetic": {"cases": 4, "size": 48}},
+                           targets={"spleen": {"slice_spacing_mm": 8.0}}, model={"freeze_encoder": True},
+                           train={"steps": 4, "checkpoint_every": 1, "val_every": 4},
+                           evaluate={"save_predictions": True})
 
 
 def _project_processes(proj: Path) -> list[str]:

@@ -26,8 +26,8 @@ from sam2_3dmed.config import load_config
 from sam2_3dmed.data.io import load_nifti
 from sam2_3dmed.data.prepare import prepare_target
 from sam2_3dmed.data.synth import synth_task
-from sam2_3dmed.infer.volume import dice
-from sam2_3dmed.train.dataset import list_cases
+from sam2_3dmed.data.prepared import PreparedTarget
+from sam2_3dmed.infer.inference import dice
 from sam2_3dmed.train.trainer import train
 
 from _cli import run_cli
@@ -47,7 +47,7 @@ def _demo_run_problem(cfg) -> str | None:
     train_summary.json): the same code, config and seeds, so the same computation."""
     from sam2_3dmed.code_digest import package_digest
     from sam2_3dmed.config import variant_config
-    from sam2_3dmed.train.trainer import load_checkpoint
+    from sam2_3dmed.model.checkpoint import load_checkpoint
 
     if not (DEMO_RUN / "train_summary.json").is_file() or not (DEMO_RUN / "last.pt").is_file():
         return f"no finished demo run in {DEMO_RUN} (make demo)"
@@ -114,7 +114,7 @@ def test_evaluate_scores_auto_and_prompted_in_original_space(trained):
                 "--run", trained["run"], "--prepared", trained["prep"], "--out", out, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    val = list_cases(trained["prep"], 0, "val")
+    val = PreparedTarget(trained["prep"]).cases(0, "val")
     assert sorted((x["case_id"], x["mode"]) for x in rows) == sorted((c, m) for c in val for m in ("auto", "prompted"))
     fp = json.loads((trained["prep"] / "fingerprint.json").read_text())
     orientations = {c["original_axcodes"] for c in fp["cases"] if c["case_id"] in val}
@@ -141,7 +141,7 @@ def test_predict_nifti_nrrd_and_dicom_on_the_input_grid(trained, tmp_path):
     from sam2_3dmed.data.readers import read_image, write_dicom_series, write_sitk
 
     fp = json.loads((trained["prep"] / "fingerprint.json").read_text())
-    val = list_cases(trained["prep"], 0, "val")
+    val = PreparedTarget(trained["prep"]).cases(0, "val")
     rec = next(c for c in fp["cases"] if c["case_id"] == val[0])
     image = load_nifti(trained["task"] / rec["image"])
     ckpt = trained["run"] / "best.pt"

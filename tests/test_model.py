@@ -7,8 +7,9 @@ import torch
 from sam2_3dmed.config import load_config, variant_config
 from sam2_3dmed.model.boundary import bd_loss, boundary_targets
 from sam2_3dmed.model.factory import build_model
+from sam2_3dmed.model.losses import compute_losses
 from sam2_3dmed.model.srpp import SRPPHead, srpp_loss, srpp_targets
-from sam2_3dmed.train.trainer import compute_losses, load_checkpoint, load_trainable, save_checkpoint
+from sam2_3dmed.model.checkpoint import load_checkpoint, load_trainable, save_checkpoint
 
 S = 64
 
@@ -119,7 +120,7 @@ def test_srpp_and_bd_gradients_reach_the_adapter(full_model):
     for term in ("srpp", "bd"):
         full_model.zero_grad(set_to_none=True)
         out = full_model.forward_clip(batch["image"])
-        terms = compute_losses(full_model, out, batch, cfg)
+        terms = compute_losses(out, batch, cfg)
         terms[term].backward()
         assert _grad_norm(adapter) > 0, term
         # SRPP/BD alone never touch the mask decoder's own weights
@@ -133,7 +134,7 @@ def test_bd_features_reach_the_mask_decoder_input():
         model.fusion.gate.fill_(0.1)  # as after some training: the gate is open
     batch = fake_batch()
     out = model.forward_clip(batch["image"])
-    compute_losses(model, out, batch, model_cfg())["seg"].backward()
+    compute_losses(out, batch, model_cfg())["seg"].backward()
     assert _grad_norm(model.bd.parameters()) > 0  # segmentation loss trains the BD branch through fusion
 
 
@@ -151,7 +152,7 @@ def test_frozen_encoder_is_bit_identical_after_a_step():
     buffers = {n: b.detach().clone() for n, b in model.sam.image_encoder.named_buffers()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = fake_batch()
-    compute_losses(model, model.forward_clip(batch["image"]), batch, cfg)["loss"].backward()
+    compute_losses(model.forward_clip(batch["image"]), batch, cfg)["loss"].backward()
     opt.step()
     for n, p in model.sam.image_encoder.named_parameters():
         assert not p.requires_grad and torch.equal(p, before[n]), n

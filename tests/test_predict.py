@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from sam2_3dmed.config import load_config, variant_config
-from sam2_3dmed.data.preprocess import prepare_arrays
+from sam2_3dmed.data.preprocess import Preprocessing, prepare_arrays
 from sam2_3dmed.errors import UserError
+from sam2_3dmed.infer import inference as I
 from sam2_3dmed.infer import predict as P
-from sam2_3dmed.infer.volume import dice
+from sam2_3dmed.infer.inference import dice
 from sam2_3dmed.model.factory import build_model
-from sam2_3dmed.train.prompts import box_from_mask, key_slice
-from sam2_3dmed.train.trainer import save_checkpoint
+from sam2_3dmed.model.prompts import box_from_mask, key_slice
+from sam2_3dmed.model.checkpoint import load_model, save_checkpoint
 
 from _cli import one_line_error, run_cli
 from _volumes import ellipsoid_case, oblique_affine, save
@@ -102,9 +103,9 @@ def test_largest_component():
     m[2:5, 2:5, 2:5] = 1
     m[10:16, 10:16, 10:16] = 1
     m[16, 16, 16] = 1  # touches the big one by a corner: 26-connected
-    out = P.largest_component(m)
+    out = I.largest_component(m)
     assert out.sum() == 6 ** 3 + 1 and out[3, 3, 3] == 0
-    assert P.largest_component(np.zeros((4, 4, 4), np.uint8)).sum() == 0
+    assert I.largest_component(np.zeros((4, 4, 4), np.uint8)).sum() == 0
 
 
 # ---------------------------------------------------------------- geometry chain with an oracle
@@ -115,15 +116,15 @@ def test_prediction_returns_on_the_input_grid(perm_flip, spacing, checkpoint, mo
     overlay the input's organ voxel for voxel, whatever the orientation."""
     shape = (24, 72, 80) if perm_flip is SLICE_FIRST else (80, 72, 24)
     image, label, aff = case(oblique_affine(perm_flip=perm_flip, spacing=spacing), shape=shape)
-    lm = P.load_model(checkpoint, "cpu")
+    lm = load_model(checkpoint, "cpu")
     lo, hi = lm.config["targets"]["spleen"]["hu_window"]
 
-    def oracle(model, image_zyx, prompt=None, **kw):
+    def oracle(model, image_zyx, *args, **kw):
         return (np.asarray(image_zyx) > (80 - lo) / (hi - lo)).astype(np.float32)
 
-    monkeypatch.setattr(P, "predict_prepared", oracle)
-    img, geom = P.preprocess(image, aff, lm.config, "spleen")
-    mask = P.predict_volume(lm, img, geom)
+    monkeypatch.setattr(I, "predict_prepared", oracle)
+    prep = Preprocessing.from_config(lm.config, "spleen")(image, None, aff)
+    mask = I.predict_volume(lm, prep.image, prep.geometry, I.InferenceSettings.from_config(lm.config, "spleen"))
     assert mask.shape == label.shape
     assert dice(mask, label) > 0.97
 

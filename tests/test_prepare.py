@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from sam2_3dmed.config import load_config
-from sam2_3dmed.data.prepare import load_prepared_case, prepare_target
+from sam2_3dmed.data.prepare import prepare_target
+from sam2_3dmed.data.prepared import PreparedTarget
 from sam2_3dmed.data.preprocess import to_original
 from sam2_3dmed.errors import UserError
 
@@ -60,7 +61,7 @@ def test_prepare_outputs(task, cfg, tmp_path):
     for f in splits["folds"]:
         assert not set(f["train"]) & set(f["val"])
     # arrays: memory-mapped, (z, y, x), float16 in [0, 1], labels {0, 1}; no temp leftovers
-    image, label, geom = load_prepared_case(out, "spleen_1")
+    image, label, geom = PreparedTarget(out).case("spleen_1")
     assert isinstance(image, np.memmap) and image.dtype == np.float16
     assert image.shape == label.shape == geom.prepared_shape_zyx
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
@@ -68,7 +69,7 @@ def test_prepare_outputs(task, cfg, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["spleen"]
     # round trip of every prepared label to its original file
     for rec in fp["cases"]:
-        _, lab, g = load_prepared_case(out, rec["case_id"])
+        _, lab, g = PreparedTarget(out).case(rec["case_id"])
         orig = nib.load(str(task / rec["label"]))
         back = to_original(np.asarray(lab), g)
         ref = np.asarray(orig.dataobj) > 0

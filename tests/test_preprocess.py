@@ -9,10 +9,10 @@ from sam2_3dmed.data.preprocess import (
     bbox_with_margin,
     from_ras,
     prepare_arrays,
-    resize_zyx,
     to_original,
     to_ras,
 )
+from sam2_3dmed.data.resample import resize_zyx
 
 from _volumes import ellipsoid_case, oblique_affine
 

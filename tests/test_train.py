@@ -5,35 +5,21 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from sam2_3dmed.data.prepare import prepare_target
-from sam2_3dmed.data.synth import synth_task
-from sam2_3dmed.config import load_config
-from sam2_3dmed.train.trainer import load_checkpoint
+from sam2_3dmed.model.checkpoint import load_checkpoint
 
-OVERRIDES = {
-    "splits": {"folds": 2, "test_fraction": 0.0},
-    "targets": {"spleen": {"spacing_mm": [1.5, 1.5]}},
-    "model": {"image_size": 64, "pretrained": False, "adapter_blocks": 1, "srpp_layers": 1},
-    "train": {"clip_length": 3, "steps": 6, "warmup_steps": 2, "checkpoint_every": 2, "val_every": 3,
-              "num_workers": 0, "val_max_cases": 1, "lr": 1e-3, "lr_encoder": 1e-4},
-    "run": {"targets": ["spleen"]},
-}
+from _tiny import make_tiny_target, tiny_config
+
+OVERRIDES = tiny_config()
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    task = synth_task("Task09_Spleen", root / "raw", cases=4, test_cases=0, seed=1, size=48)
-    cfg_path = root / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(OVERRIDES))
-    prep = prepare_target(task, "spleen", root / "prep", load_config(cfg_path))
-    return root, cfg_path, prep
+    t = make_tiny_target(tmp_path_factory.mktemp("train"), OVERRIDES)
+    return t.root, t.cfg_path, t.prepared
 
 
 def run_train(cfg_path, prep, out, *extra):
@@ -115,3 +101,32 @@ def test_changed_settings_are_refused_or_restart_keeping_the_old_run(setup):
     assert load_checkpoint(out / "superseded" / "last.pt")["run_key"] == old["run_key"]
     new = load_checkpoint(out / "last.pt")
     assert new["step"] == 6 and new["run_key"] != old["run_key"] and new["config"]["train"]["lr"] == 5e-4
+
+
+@pytest.mark.slow
+def test_trainer_hooks_are_what_a_variant_overrides(setup, tmp_path):
+    """A subclass that replaces two hooks (the optimiser, and what happens after a step)
+    trains with them: nnU-Net-style variants need no copy of the loop."""
+    import torch
+
+    from sam2_3dmed.config import load_config
+    from sam2_3dmed.train.trainer import Trainer
+
+    _, cfg_path, prep = setup
+    seen = []
+
+    class SGDTrainer(Trainer):
+        def configure_optimizer(self):
+            opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+        def after_step(self):
+            seen.append(self.step)
+            super().after_step()
+
+    cfg = load_config(cfg_path, overrides={"train": {"steps": 2, "checkpoint_every": 2, "val_every": 2}})
+    out = SGDTrainer(cfg, "spleen", "full", 0, tmp_path / "run", prepared=prep, device="cpu").run()
+    state = load_checkpoint(out / "last.pt")
+    assert seen == [1, 2] and state["step"] == 2
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9  # SGD's state, not AdamW's
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 2

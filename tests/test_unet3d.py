@@ -8,24 +8,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from _cli import one_line_error, run_cli
+from _tiny import make_tiny_target, tiny_config
 from sam2_3dmed.config import load_config, variant_config
-from sam2_3dmed.data.prepare import prepare_target
-from sam2_3dmed.data.synth import synth_task
 from sam2_3dmed.errors import ConfigError
 from sam2_3dmed.model.factory import build_model
-from sam2_3dmed.train.trainer import load_checkpoint, module_parameters
+from sam2_3dmed.model.checkpoint import load_checkpoint
+from sam2_3dmed.train.trainer import module_parameters
 
-OVERRIDES = {
-    "splits": {"folds": 2, "test_fraction": 0.0},
-    "targets": {"spleen": {"spacing_mm": [3.0, 3.0]}},
-    "model": {"image_size": 64, "pretrained": False},
-    "train": {"clip_length": 4, "steps": 6, "warmup_steps": 2, "checkpoint_every": 3, "val_every": 3,
-              "num_workers": 0, "val_max_cases": 1, "lr": 1e-3},
-    "evaluate": {"modes": ["auto", "prompted"]},
-}
+OVERRIDES = tiny_config(targets={"spleen": {"spacing_mm": [3.0, 3.0]}}, train={"clip_length": 4, "checkpoint_every": 3},
+                        evaluate={"modes": ["auto", "prompted"]})
 
 
 @pytest.mark.parametrize("d", [4, 5, 6])
@@ -58,11 +51,8 @@ def test_unet_geometry_is_a_config_error(model, match):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("unet")
-    task = synth_task("Task09_Spleen", root / "raw", cases=4, test_cases=0, seed=1, size=48)
-    cfg_path = root / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(OVERRIDES))
-    prep = prepare_target(task, "spleen", root / "prep", load_config(cfg_path))
+    tiny = make_tiny_target(tmp_path_factory.mktemp("unet"), OVERRIDES)
+    root, cfg_path, prep, task = tiny.root, tiny.cfg_path, tiny.prepared, tiny.task
     env = {"OMP_NUM_THREADS": "1"}
     common = ["--config", cfg_path, "--target", "spleen", "--variant", "unet3d", "--fold", "0", "--prepared", prep,
               "--device", "cpu"]

@@ -18,18 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _snakemake import REPO, job_counts, make_project
+from _snakemake import REPO, job_counts, make_project, tiny_workflow_config
 from sam2_3dmed.config import DEFAULT_WORKFLOW_CONFIG, load_config, workflow_config
 from sam2_3dmed.errors import ConfigError
 
-TINY = {  # one target, one variant, one fold (dry runs only)
-    "data": {"root": "data/demo/raw", "prepared": "data/demo/prepared", "source": "synthetic",
-             "synthetic": {"cases": 5, "test_cases": 0, "seed": 0, "size": 64}},
-    "splits": {"folds": 3, "test_fraction": 0.0, "seed": 0},
-    "run": {"targets": ["spleen"], "variants": ["full"], "folds": [0]},
-    "model": {"backbone": "tiny", "image_size": 64, "pretrained": False},
-    "train": {"steps": 3},
-}
+TINY = tiny_workflow_config(splits={"folds": 3})  # one target, one variant, one fold (dry runs only)
 ONE_OF_EACH = {"synth": 1, "prepare": 1, "train": 1, "evaluate": 1, "report": 1, "all": 1}
 
 

@@ -29,21 +29,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _snakemake import job_counts, make_project
+from _snakemake import job_counts, make_project, tiny_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = {  # the smallest useful run: one target, one fold, 3 training steps
-    "data": {"root": "data/demo/raw", "prepared": "data/demo/prepared", "source": "synthetic",
-             "synthetic": {"cases": 5, "test_cases": 0, "seed": 0, "size": 64}},
-    "targets": {"spleen": {"spacing_mm": [3.0, 3.0]}},
-    "splits": {"folds": 2, "test_fraction": 0.0, "seed": 0},
-    "run": {"targets": ["spleen"], "variants": ["full"], "folds": [0]},
-    "model": {"backbone": "tiny", "image_size": 64, "pretrained": False, "adapter_blocks": 1, "srpp_layers": 1},
-    "train": {"clip_length": 3, "steps": 3, "warmup_steps": 1, "checkpoint_every": 3, "val_every": 3,
-              "val_max_cases": 1, "num_workers": 0, "amp": False},
-    "evaluate": {"modes": ["auto"]},
-}
+TINY = tiny_workflow_config()  # the smallest useful run: one target, one fold, 3 training steps
 
 GRID = {  # 3 targets x 2 variants x 2 folds, synthetic (dry runs only)
     "data": {"root": "data/demo/raw", "prepared": "data/demo/prepared", "source": "synthetic"},

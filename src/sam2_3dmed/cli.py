@@ -181,15 +181,16 @@ def evaluate_cmd(
 ) -> None:
     """Predict and score every validation (or test) case in auto and prompted mode, in 3D, in mm."""
     from .config import load_config
-    from .evaluate.run import evaluate_run
+    from .evaluate.evaluation import EvalJob, evaluate_run
 
     if split not in (None, "val", "test"):
         raise UserError(f"--split must be val or test, got {split!r}")
     cfg = load_config(config)
     mode_list = [m.strip() for m in modes.split(",") if m.strip()] if modes else None
-    dest = evaluate_run(cfg, target, variant, fold, run, out, prepared=prepared, split=split, modes=mode_list,
-                        checkpoint=checkpoint, device=device, base_weights=base_weights, max_cases=max_cases,
-                        overwrite=overwrite)
+    dest = evaluate_run(cfg, EvalJob(target, variant, fold, run, out, prepared=prepared, split=split,
+                                     modes=tuple(mode_list) if mode_list else None, checkpoint=checkpoint,
+                                     device=device, base_weights=base_weights, max_cases=max_cases,
+                                     overwrite=overwrite))
     _ok(f"evaluated {target}/{variant}/fold {fold} -> {dest}")
 
 

@@ -1,1 +1,1 @@
-"""Data layer: MSD registry, download, synthetic phantoms, I/O, preprocessing, splits."""
+"""Data layer: MSD registry, download, synthetic phantoms, I/O, preprocessing and its inverse, resampling, prepare and the reader of prepared folders, splits."""

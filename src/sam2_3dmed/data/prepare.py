@@ -25,9 +25,9 @@ from ..atomic import atomic_dir
 from ..config import target_config
 from ..console import log, track
 from ..errors import InputFileError, UserError
-from .io import _short, check_same_geometry, load_label, load_nifti
+from .io import check_same_geometry, load_label, load_nifti
 from .msd import TASKS, load_dataset_json
-from .preprocess import CaseGeometry, prepare_arrays
+from .preprocess import CaseGeometry, Preprocessing
 from .splits import make_splits
 
 
@@ -65,6 +65,7 @@ def prepare_target(task_dir, target: str, out, cfg: dict, overwrite: bool = Fals
     splits = make_splits([c.case_id for c in index.training], scfg["folds"], scfg["test_fraction"], scfg["seed"])
     dtype = np.dtype(pcfg["storage_dtype"])
     allowed = set(index.labels)
+    preprocess = Preprocessing.from_config(cfg, target)
     out = Path(out)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -77,15 +78,7 @@ def prepare_target(task_dir, target: str, out, cfg: dict, overwrite: bool = Fals
             label = load_label(case.label, allowed)
             check_same_geometry(image, label, pcfg["geometry_atol"])
             rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))  # stable across runs
-            prep = prepare_arrays(
-                image.data, label.data, image.affine,
-                spacing_mm=tcfg["spacing_mm"], slice_spacing_mm=tcfg["slice_spacing_mm"],
-                hu_window=tcfg["hu_window"], crop_margin_mm=tcfg["crop_margin_mm"],
-                crop_to_body=pcfg["crop_to_body"], body_threshold_hu=pcfg["body_threshold_hu"],
-                image_interpolation=pcfg["image_interpolation"],
-                label_interpolation=pcfg["label_interpolation"],
-                target_labels=tcfg["labels"], rng=rng,
-            )
+            prep = preprocess(image.data, label.data, image.affine, rng=rng)
             case_dir = tmp / "cases" / case.case_id
             case_dir.mkdir(parents=True)
             np.save(case_dir / "image.npy", prep.image.astype(dtype))
@@ -162,35 +155,3 @@ def _summary(records: list[dict], empty: list[str]) -> dict:
         "foreground_hu_mean_over_cases": float(np.mean(fg_means)) if fg_means else None,
         "label_volume_ml_median": float(np.median(vols)),
     }
-
-
-def check_prepared_target(prepared_dir, target: str) -> None:
-    """Refuse a prepared folder made for another target (its plan.json says which; folders without one pass)."""
-    path = Path(prepared_dir) / "plan.json"
-    if not path.is_file():
-        return
-    try:
-        made_for = json.loads(path.read_text(encoding="utf-8")).get("target")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise InputFileError("not a valid plan.json (not a JSON object); re-run prepare", path) from None
-    if made_for is not None and made_for != target:
-        raise InputFileError(f"this folder was prepared for target {made_for!r}, not {target!r}", path)
-
-
-def load_prepared_case(prepared_dir, case_id: str, mmap: bool = True):
-    """(image, label, geometry) of one prepared case; arrays memory-mapped by default."""
-    d = Path(prepared_dir) / "cases" / case_id
-    if not d.is_dir():
-        raise UserError(f"no prepared case {case_id!r}", Path(prepared_dir))
-    mode = "r" if mmap else None
-    f = d / "image.npy"
-    try:
-        image = np.load(f, mmap_mode=mode, allow_pickle=False)
-        f = d / "label.npy"
-        label = np.load(f, mmap_mode=mode, allow_pickle=False)
-        f = d / "geometry.json"
-        geom = CaseGeometry.from_dict(json.loads(f.read_text(encoding="utf-8")))
-    except (OSError, ValueError, EOFError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({_short(exc)})"
-        raise InputFileError(f"prepared file {why}; re-run prepare", f) from None
-    return image, label, geom

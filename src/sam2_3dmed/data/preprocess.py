@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 
 import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from ..config import target_config
+from .resample import resampled_size, resize_zyx, scale_affine
 
 RAS = (("R", "A", "S"))
 
@@ -68,47 +69,6 @@ def from_ras(ras: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
         nib.orientations.axcodes2ornt(RAS), nib.orientations.axcodes2ornt(codes)
     )
     return nib.orientations.apply_orientation(ras, back)
-
-
-# ---------------------------------------------------------------- resampling
-def resampled_size(shape_xyz, spacing_xyz, target_xy, target_z) -> list[int]:
-    target = [
-        target_xy[0] if target_xy else spacing_xyz[0],
-        target_xy[1] if target_xy else spacing_xyz[1],
-        target_z if target_z else spacing_xyz[2],
-    ]
-    return [max(1, int(round(n * s / t))) for n, s, t in zip(shape_xyz, spacing_xyz, target)]
-
-
-def _scale_affine(affine: np.ndarray, old_shape, new_shape) -> np.ndarray:
-    """Affine of a grid that covers the same field of view with ``new_shape`` voxels."""
-    f = np.array(old_shape, dtype=np.float64) / np.array(new_shape, dtype=np.float64)
-    s = np.eye(4)
-    s[:3, :3] = np.diag(f)
-    s[:3, 3] = (f - 1.0) / 2.0  # voxel centres: old index = (new + 0.5) * f - 0.5
-    return affine @ s
-
-
-def resize_zyx(vol: np.ndarray, new_zyx, mode: str) -> np.ndarray:
-    """Resize a (z, y, x) float array; in-plane first (2D, batched over slices), then z.
-
-    ``mode`` is "linear", "cubic" or "nearest". align_corners=False keeps the field of
-    view, so the forward and backward resizes are consistent with :func:`_scale_affine`.
-    """
-    z, y, x = vol.shape
-    nz, ny, nx = new_zyx
-    t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))
-    if (ny, nx) != (y, x):
-        m2 = {"linear": "bilinear", "cubic": "bicubic", "nearest": "nearest-exact"}[mode]
-        kw = {} if mode == "nearest" else {"align_corners": False}
-        t = F.interpolate(t[:, None], size=(ny, nx), mode=m2, **kw)[:, 0]
-    if nz != z:
-        m1 = "nearest-exact" if mode == "nearest" else "linear"
-        kw = {} if mode == "nearest" else {"align_corners": False}
-        # (z, y, x) -> (y*x, 1, z) so the slice axis is the interpolated one
-        flat = t.permute(1, 2, 0).reshape(ny * nx, 1, z)
-        t = F.interpolate(flat, size=nz, mode=m1, **kw).reshape(ny, nx, nz).permute(2, 0, 1)
-    return t.contiguous().numpy()
 
 
 # ---------------------------------------------------------------- cropping
@@ -166,7 +126,7 @@ def prepare_arrays(
     ras_shape = list(ras_img.shape)
     ras_spacing = [float(s) for s in np.linalg.norm(ras_affine[:3, :3], axis=0)]
     new_xyz = resampled_size(ras_shape, ras_spacing, spacing_mm, slice_spacing_mm)
-    res_affine = _scale_affine(ras_affine, ras_shape, new_xyz)
+    res_affine = scale_affine(ras_affine, ras_shape, new_xyz)
     res_spacing = [float(s) for s in np.linalg.norm(res_affine[:3, :3], axis=0)]
 
     img_zyx = np.ascontiguousarray(ras_img.transpose(2, 1, 0), dtype=np.float32)
@@ -213,6 +173,36 @@ def prepare_arrays(
         prepared_affine=crop_affine.tolist(),
     )
     return PreparedCase(scaled.astype(np.float32), mask_c.astype(np.uint8), geom, hu_body, hu_fg)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A target's forward chain, built once from its config (``targets.<t>`` and ``prepare``):
+    the same object prepares the training data (``prepare``) and a new scan (``predict``)."""
+
+    spacing_mm: list | None
+    slice_spacing_mm: float | None
+    hu_window: list
+    crop_margin_mm: float
+    crop_to_body: bool
+    body_threshold_hu: float
+    image_interpolation: str
+    label_interpolation: str
+    target_labels: tuple
+
+    @classmethod
+    def from_config(cls, cfg: dict, target: str) -> "Preprocessing":
+        tcfg, pcfg = target_config(cfg, target), cfg["prepare"]
+        return cls(spacing_mm=tcfg["spacing_mm"], slice_spacing_mm=tcfg["slice_spacing_mm"],
+                   hu_window=tcfg["hu_window"], crop_margin_mm=tcfg["crop_margin_mm"],
+                   crop_to_body=pcfg["crop_to_body"], body_threshold_hu=pcfg["body_threshold_hu"],
+                   image_interpolation=pcfg["image_interpolation"], label_interpolation=pcfg["label_interpolation"],
+                   target_labels=tuple(tcfg["labels"]))
+
+    def __call__(self, image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
+                 rng: np.random.Generator | None = None) -> PreparedCase:
+        """:func:`prepare_arrays` with these settings (``label=None`` for a new scan)."""
+        return prepare_arrays(image, label, affine, rng=rng, **{f: getattr(self, f) for f in self.__dataclass_fields__})
 
 
 def _sample(values: np.ndarray, rng: np.random.Generator, n: int = 10000) -> np.ndarray:

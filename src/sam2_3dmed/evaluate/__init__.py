@@ -1,1 +1,1 @@
-"""Evaluation: 3D (and clearly labelled slice-wise 2D) segmentation metrics in mm, never NaN."""
+"""Evaluation: score a trained run in 3D, in mm, in the original image space (evaluation.py), with metrics that are never NaN (metrics.py)."""

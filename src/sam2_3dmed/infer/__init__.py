@@ -1,1 +1,1 @@
-"""Whole-volume inference: encode slices once, propagate both ways, map back."""
+"""Whole-volume inference for both model kinds (inference.py): SAM2-3dMed propagation both ways (propagation.py), the U-Net's sliding windows (sliding_window.py), and the predict command (predict.py)."""

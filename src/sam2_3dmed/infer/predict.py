@@ -3,9 +3,10 @@
 The chain, every step from the checkpoint's own config:
 
 1. read the scan (NIfTI, NRRD/MHA, or a DICOM series folder: ``data/readers.py``);
-2. apply the model's preprocessing (``data/preprocess.prepare_arrays``: reorient to RAS,
+2. apply the model's preprocessing (``data/preprocess.Preprocessing``: reorient to RAS,
    resample in-plane, crop to the body, HU window) and record the geometry;
-3. encode each slice once, propagate in both directions, fuse (``infer/volume.py``);
+3. predict the prepared volume (``infer/inference.py``: SAM2-3dMed encodes each slice
+   once and propagates both ways, ``infer/propagation.py``; the U-Net slides windows);
 4. map the probability map back through the exact inverse (``to_original``), threshold,
    optionally keep the largest connected component;
 5. write a NIfTI with exactly the input's shape and affine (temp file, then rename).
@@ -18,79 +19,18 @@ long as the prompt lies on one axial slice.
 
 from __future__ import annotations
 
-import hashlib
+import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from scipy import ndimage
 
-from ..config import defaults, deep_merge, target_config
-from ..console import log, new_progress
-from ..data.preprocess import CaseGeometry, prepare_arrays, to_original
-from ..errors import InputFileError, UserError
-from .volume import Prompt, fmt_bytes, predict_prepared
-
-
-# ---------------------------------------------------------------- model
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    config: dict        # the checkpoint's (variant-applied) config, infer defaults filled in
-    target: str
-    variant: str
-    step: int
-    path: Path
-    device: torch.device
-    fold: int | None = None  # the fold it was trained on (its validation cases are unseen)
-
-
-def load_model(checkpoint: str | Path, device: str | None = None, base_weights: str | Path | None = None) -> LoadedModel:
-    """Rebuild the trained model from a ``best.pt``/``last.pt``.
-
-    Checkpoints hold only the trained tensors; a frozen pretrained encoder comes from the
-    SAM2 weights file the model was trained from (``model.checkpoint`` in its config, or
-    ``base_weights``), checked against the SHA-256 recorded at training time.
-    """
-    from ..model.factory import build_model
-    from ..train.trainer import load_checkpoint, load_trainable, pick_device
-
-    path = Path(checkpoint)
-    state = load_checkpoint(path)
-    cfg = deep_merge({"infer": defaults()["infer"]}, state["config"])
-    if state["target"] not in cfg["targets"]:
-        raise InputFileError(f"checkpoint of target {state['target']!r}, which its own config does not define", path)
-    mcfg = dict(cfg["model"])
-    dev = pick_device(device)
-    needs_base = bool(mcfg["pretrained"]) and bool(state.get("frozen_names"))
-    if needs_base:
-        base = Path(base_weights or mcfg["checkpoint"] or "")
-        if not base.is_file():
-            raise UserError(
-                f"this model was trained on top of SAM2 weights that are not stored in the checkpoint; "
-                f"{str(base) or 'model.checkpoint'} does not exist: pass --base-weights (sam2-3dmed fetch-weights)", path)
-        want = state.get("base_weights_sha256")
-        if want and sha256_file(base) != want:
-            raise InputFileError(f"SHA-256 differs from the SAM2 weights this model was trained on ({want[:12]}...)", base)
-        mcfg["checkpoint"] = str(base)
-    elif mcfg["pretrained"]:
-        mcfg["pretrained"] = False  # every tensor is in the checkpoint: skip loading SAM2 weights
-    torch.manual_seed(int(cfg["train"]["seed"]))  # a random frozen part is rebuilt exactly as in training
-    model = build_model(mcfg, dev, clip_length=cfg["train"]["clip_length"])
-    load_trainable(model, state, path)
-    model.eval()
-    return LoadedModel(model, cfg, str(state["target"]), str(state.get("variant", "?")), int(state["step"]), path, dev,
-                       state.get("fold") if isinstance(state.get("fold"), int) else None)
+from ..console import log
+from ..data.preprocess import CaseGeometry, Preprocessing
+from ..errors import UserError
+from ..model.checkpoint import load_model
+from ..model.prompts import Prompt
+from .inference import InferenceSettings, predict_volume
 
 
 # ---------------------------------------------------------------- prompts
@@ -142,49 +82,6 @@ def prompt_to_prepared(kind: str, vals: list[float], geom: CaseGeometry, shape_i
     return Prompt(k, point=(float(xs[0]), float(ys[0])))
 
 
-# ---------------------------------------------------------------- post-processing
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component of a binary volume (empty stays empty)."""
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n <= 1:
-        return mask.astype(np.uint8, copy=False)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return (lab == int(sizes.argmax())).astype(np.uint8)
-
-
-def preprocess(image: np.ndarray, affine: np.ndarray, cfg: dict, target: str):
-    """The model's own preprocessing of one HU volume -> ((z, y, x) image in [0, 1], geometry)."""
-    tcfg, pcfg = target_config(cfg, target), cfg["prepare"]
-    prep = prepare_arrays(
-        image, None, affine,
-        spacing_mm=tcfg["spacing_mm"], slice_spacing_mm=tcfg["slice_spacing_mm"],
-        hu_window=tcfg["hu_window"], crop_margin_mm=tcfg["crop_margin_mm"],
-        crop_to_body=pcfg["crop_to_body"], body_threshold_hu=pcfg["body_threshold_hu"],
-        image_interpolation=pcfg["image_interpolation"], label_interpolation=pcfg["label_interpolation"],
-        target_labels=tcfg["labels"],
-    )
-    return prep.image, prep.geometry
-
-
-def predict_volume(lm: LoadedModel, image_zyx: np.ndarray, geom: CaseGeometry, prompt: Prompt | None = None,
-                   largest_cc: bool | None = None, passes: str | None = None, label: str = "predict",
-                   stats: dict | None = None) -> np.ndarray:
-    """Prepared image + geometry -> uint8 mask on the original grid (with progress bar)."""
-    icfg = lm.config["infer"]
-    tcfg = target_config(lm.config, lm.target)
-    with new_progress() as progress:
-        bar = progress.add_task(label, total=None)
-        prob = predict_prepared(
-            lm.model, image_zyx, prompt, chunk=None if icfg["chunk"] == "auto" else icfg["chunk"], device=lm.device,
-            feature_dtype=icfg["feature_dtype"], passes=passes or icfg["prompted_passes"],
-            progress=lambda done, total: progress.update(bar, completed=done, total=total), stats=stats,
-        )
-    mask = to_original(prob, geom, kind="prob") >= icfg["threshold"]
-    keep = tcfg.get("largest_component", False) if largest_cc is None else largest_cc
-    return largest_component(mask) if keep else mask.astype(np.uint8)
-
-
 def predict_file(checkpoint, input_path, output, prompt_box: str | None = None, prompt_point: str | None = None,
                  device: str | None = None, base_weights=None, largest_cc: bool | None = None,
                  passes: str | None = None, series_id: str | None = None, overwrite: bool = False) -> dict:
@@ -202,14 +99,17 @@ def predict_file(checkpoint, input_path, output, prompt_box: str | None = None, 
     spec = parse_prompt(prompt_box, prompt_point)
     vol = read_image(input_path, series_id=series_id)
     lm = load_model(checkpoint, device, base_weights)
-    if spec and getattr(lm.model, "is_unet", False):
+    if spec and not lm.model.accepts_prompts:
         raise UserError("this is a unet3d model, which takes no prompts: leave out --prompt-box/--prompt-point",
                         checkpoint)
+    settings = InferenceSettings.from_config(lm.config, lm.target).but(largest_component=largest_cc,
+                                                                        prompted_passes=passes)
     t0 = time.perf_counter()
-    image_zyx, geom = preprocess(vol.data, vol.affine, lm.config, lm.target)
+    prep = Preprocessing.from_config(lm.config, lm.target)(vol.data, None, vol.affine)
+    image_zyx, geom = prep.image, prep.geometry
     prompt = prompt_to_prepared(spec[0], spec[1], geom, vol.data.shape, Path(input_path)) if spec else None
     stats: dict = {}
-    mask = predict_volume(lm, image_zyx, geom, prompt, largest_cc, passes, f"predict {Path(input_path).name}", stats)
+    mask = predict_volume(lm, image_zyx, geom, settings, prompt, f"predict {Path(input_path).name}", stats)
     write_nifti_like(mask, vol, output)
     seconds = time.perf_counter() - t0
     info = {
@@ -221,3 +121,11 @@ def predict_file(checkpoint, input_path, output, prompt_box: str | None = None, 
     log.info("%s: %s mode, %d voxels (%.1f ml), %.1f s, feature cache %s", output.name, info["mode"],
              info["voxels"], info["volume_ml"], seconds, info["feature_cache"])
     return info
+
+
+def fmt_bytes(n: int) -> str:
+    if n <= 0:
+        return "0 B"
+    units = ["B", "KB", "MB", "GB", "TB"]
+    i = min(len(units) - 1, int(math.log(n, 1024)))
+    return f"{n / 1024 ** i:.1f} {units[i]}"

@@ -1,4 +1,5 @@
-"""Whole-volume prediction on the prepared grid [ours, method.md decision 6].
+"""SAM2-3dMed's whole-volume inference on the prepared grid: encode once, propagate both
+ways [ours, method.md decision 6].
 
 Each slice is encoded ONCE (in batches of ``chunk`` slices, see :func:`auto_chunk`) and its features cached,
 optionally in a compact dtype (``infer.feature_dtype: float16`` in the config: about
@@ -19,29 +20,14 @@ Modes (always recorded next to the numbers they produce):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ..data.slices import fit_to_square, to_sam_input, unfit
 from ..model.network import SAM23dMed, SliceFeatures
+from ..model.prompts import Prompt, map_points, prompt_points
 
 FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass
-class Prompt:
-    """A prompt on one slice of the prepared grid, in that slice's pixel coordinates."""
-
-    slice_index: int
-    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
-    point: tuple[float, float] | None = None  # x, y (positive click)
-
-    @property
-    def kind(self) -> str:
-        return "box" if self.box is not None else "point"
 
 
 def auto_chunk(image_size: int, device) -> int:
@@ -86,20 +72,12 @@ def feature_bytes(feats: SliceFeatures, query: torch.Tensor | None) -> int:
 
 
 def _points(prompt: Prompt, info, device):
-    from ..train.prompts import map_points
-
-    if prompt.box is not None:
-        x0, y0, x1, y1 = prompt.box
-        coords = np.array([[x0, y0], [x1, y1]], dtype=np.float32)
-        labels = [2, 3]
-    elif prompt.point is not None:
-        coords = np.array([prompt.point], dtype=np.float32)
-        labels = [1]
-    else:
+    """The prompt as SAM2 points on the fitted model input: (coords (1, P, 2), labels (1, P))."""
+    if prompt.box is None and prompt.point is None:
         return None
-    coords = map_points(coords, info)
-    return (torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
-            torch.tensor([labels], dtype=torch.int32, device=device))
+    coords, labels = prompt_points(prompt)
+    return (torch.as_tensor(map_points(coords, info), dtype=torch.float32, device=device)[None],
+            torch.as_tensor(labels, dtype=torch.int32, device=device)[None])
 
 
 def _run(model, feats, query, order, prompt_pts, cond, out: torch.Tensor, weight: float, tick=None) -> None:
@@ -111,9 +89,10 @@ def _run(model, feats, query, order, prompt_pts, cond, out: torch.Tensor, weight
 
 
 @torch.no_grad()
-def predict_prepared(model: SAM23dMed, image_zyx: np.ndarray, prompt: Prompt | None = None,
-                     chunk: int | None = None, device: str | torch.device = "cpu", feature_dtype: str = "float32",
-                     passes: str = "half", progress=None, stats: dict | None = None) -> np.ndarray:
+def predict_by_propagation(model: SAM23dMed, image_zyx: np.ndarray, prompt: Prompt | None = None,
+                           chunk: int | None = None, device: str | torch.device = "cpu",
+                           feature_dtype: str = "float32", passes: str = "half", progress=None,
+                           stats: dict | None = None) -> np.ndarray:
     """Probability map (z, y, x) float32 on the prepared grid for a (z, y, x) image in [0, 1].
 
     ``progress(done, total)`` is called as slices are encoded and propagated; ``stats``
@@ -121,10 +100,6 @@ def predict_prepared(model: SAM23dMed, image_zyx: np.ndarray, prompt: Prompt | N
     """
     if passes not in ("half", "full"):
         raise ValueError(f"passes must be 'half' or 'full', got {passes!r}")
-    if getattr(model, "is_unet", False):  # the MONAI 3D U-Net reference: sliding windows, no prompts
-        if prompt is not None:
-            raise ValueError("the unet3d model takes no prompts")
-        return model.predict_volume(image_zyx, device=device, progress=progress, stats=stats)
     was_training = model.training
     model.eval()
     try:
@@ -185,18 +160,3 @@ def _prob(logits: torch.Tensor, obj_logits: torch.Tensor) -> torch.Tensor:
     """Mask probability, zero on slices the object score calls absent (as SAM2 does)."""
     present = (obj_logits > 0).float()[..., None, None]
     return torch.sigmoid(logits) * present
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """3D Dice of two binary volumes; both empty counts as 1."""
-    p, r = pred.astype(bool), ref.astype(bool)
-    denom = p.sum() + r.sum()
-    return 1.0 if denom == 0 else float(2.0 * (p & r).sum() / denom)
-
-
-def fmt_bytes(n: int) -> str:
-    if n <= 0:
-        return "0 B"
-    units = ["B", "KB", "MB", "GB", "TB"]
-    i = min(len(units) - 1, int(math.log(n, 1024)))
-    return f"{n / 1024 ** i:.1f} {units[i]}"

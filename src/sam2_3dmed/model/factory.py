@@ -1,10 +1,33 @@
-"""Build a SAM2-3dMed model from the ``model`` section of a (variant-applied) config."""
+"""Build a model from the ``model`` section of a (variant-applied) config.
+
+Both kinds of model (``arch: sam2_3dmed``, :class:`~.network.SAM23dMed`, and ``arch:
+unet3d``, the MONAI U-Net reference) offer the same small interface, :class:`VolumeModel`,
+which is all that training, inference and evaluation call.
+"""
 
 from __future__ import annotations
+
+from typing import Literal, Protocol
 
 import torch
 
 from .network import SAM23dMed
+
+
+class VolumeModel(Protocol):
+    """What the stages after the model use of a network."""
+
+    #: box/point prompts on a slice (SAM2-3dMed) or none (the U-Net)
+    accepts_prompts: bool
+    #: how a whole volume is predicted: SAM2 memory propagation both ways, or sliding windows
+    #: (``sam2_3dmed.infer`` implements both)
+    inference: Literal["propagation", "sliding_window"]
+    #: the square in-plane size slices are fitted to
+    image_size: int
+
+    def forward_clip(self, images: torch.Tensor, key_index=None, prompt=None) -> dict:
+        """A training clip (B, D, 3, S, S) -> {"mask_logits", "obj_logits", "srpp", "bd_logits"}
+        (heads a model lacks are None)."""
 
 
 def encoder_frozen(mcfg: dict) -> bool:
@@ -13,7 +36,7 @@ def encoder_frozen(mcfg: dict) -> bool:
     return bool(mcfg["pretrained"]) if f == "auto" else bool(f)
 
 
-def build_model(mcfg: dict, device: str | torch.device = "cpu", clip_length: int | None = None) -> SAM23dMed:
+def build_model(mcfg: dict, device: str | torch.device = "cpu", clip_length: int | None = None) -> VolumeModel:
     """The network of ``mcfg["arch"]``; ``clip_length`` (train.clip_length) sets the
     U-Net's sliding-window depth and is required for ``arch: unet3d``."""
     from .backbone import build_sam2_base

@@ -1,6 +1,11 @@
-"""Segmentation and object-presence losses, and the weighted total of method.md.
+"""The training losses: segmentation, object presence, and the weighted total of method.md.
 
-L = L_seg + w_obj * L_obj + w_srpp * L_srpp + w_bd * L_bd.
+L = L_seg + w_obj * L_obj + w_srpp * L_srpp + w_bd * L_bd   (:func:`compute_losses`)
+
+The two new terms live beside their heads: the SRPP loss and its targets in
+``model/srpp.py`` (:func:`~.srpp.srpp_loss`, :func:`~.srpp.srpp_targets`), the class-balanced
+boundary loss in ``model/boundary.py`` (:func:`~.boundary.bd_loss`,
+:func:`~.boundary.boundary_targets`).
 
 ``seg_loss="bce_dice"`` [ours, decision 5]: BCE + soft Dice on slices where the organ is
 present; absent slices are learned through SAM2's object-score loss instead of pushing an
@@ -13,6 +18,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .boundary import bd_loss, boundary_targets
+from .srpp import srpp_loss, srpp_targets
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -48,3 +56,32 @@ def object_loss(obj_logits, present, valid) -> torch.Tensor:
     if not valid.any():
         return obj_logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(obj_logits[valid], present[valid].float())
+
+
+def compute_losses(out: dict, batch: dict, cfg: dict) -> dict:
+    """Every loss term of one clip batch (``loss`` = their weighted total), from the model's
+    outputs (heads it lacks are None) and the batch of ``train/dataset.py``."""
+    mcfg, lcfg = cfg["model"], cfg["train"]["loss"]
+    mask = batch["mask"]
+    valid = batch["valid"]
+    present = mask.flatten(2).amax(-1) > 0.5
+    logits = out["mask_logits"]
+    terms = {
+        # without an object score (the U-Net) empty slices are learned through BCE
+        "seg": seg_loss(logits.flatten(0, 1), mask.flatten(0, 1), present.flatten(), valid.flatten(), lcfg["seg"],
+                        absent_bce=out["obj_logits"] is None),
+    }
+    total = terms["seg"]
+    if out["obj_logits"] is not None:  # the U-Net reference has no object-score head
+        terms["obj"] = object_loss(out["obj_logits"].flatten(), present.flatten(), valid.flatten())
+        total = total + lcfg["w_obj"] * terms["obj"]
+    if out["srpp"] is not None:
+        tgt = srpp_targets(batch["z_mm"], batch["slice_index"], mcfg["srpp_target"], mcfg["srpp_scale_mm"])
+        terms["srpp"] = srpp_loss(out["srpp"], tgt.to(out["srpp"].device), valid)
+        total = total + lcfg["w_srpp"] * terms["srpp"]
+    if out["bd_logits"] is not None:
+        bt = boundary_targets(mask.flatten(0, 1)[:, None], mcfg["bd_width_px"])
+        terms["bd"] = bd_loss(out["bd_logits"].flatten(0, 1)[:, None], bt, valid.flatten())
+        total = total + lcfg["w_bd"] * terms["bd"]
+    terms["loss"] = total
+    return terms

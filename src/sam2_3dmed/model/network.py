@@ -44,6 +44,9 @@ class SliceFeatures:
 
 
 class SAM23dMed(nn.Module):
+    accepts_prompts = True  # the model interface (model/factory.py)
+    inference = "propagation"
+
     def __init__(self, sam, *, adapter: bool = True, srpp: bool = True, bd: bool = True, bd_fusion: bool = True,
                  freeze_encoder: bool = True, adapter_blocks: int = 2, srpp_layers: int = 2, srpp_heads: int = 4,
                  srpp_token_dim: int = 128, bd_hidden: int = 64):

@@ -1,6 +1,8 @@
-"""Prompts simulated from a mask: key slice, box, positive click [ours, method.md decision 7].
+"""Prompts: SAM2's convention, prompts simulated from masks, and their mapping onto the
+model input [ours, method.md decision 7]. The one home for prompts: training simulates
+them per clip, evaluation's ``prompted`` mode from the ground truth, ``predict`` takes them
+from the user; all reach the model through :func:`prompt_points` and :func:`map_points`.
 
-Used in training and, with the ground truth, in evaluation's ``prompted`` mode.
 Coordinates are pixels with ``x`` = column and ``y`` = row, integer = pixel centre; a
 box is ``[x0, y0, x1, y1]`` with the *inclusive* extreme columns/rows of the mask (as in
 SAM's ``batched_mask_to_box``). :func:`map_points` moves coordinates from the prepared
@@ -8,10 +10,12 @@ slice onto the fitted S x S model input (see :mod:`sam2_3dmed.data.slices`).
 
 SAM2 convention (``SAM2ImagePredictor`` / ``SAM2VideoPredictor.add_new_points_or_box``):
 a box is two points labelled 2 (top-left) and 3 (bottom-right), placed *before* any
-clicks; a positive click is labelled 1 (negative 0).
+clicks; a positive click is labelled 1 (negative 0); -1 marks a padding point (no prompt).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -21,6 +25,20 @@ from ..data.slices import FitInfo
 BOX_LABELS = (2, 3)
 POSITIVE = 1
 NEGATIVE = 0
+PADDING = -1
+
+
+@dataclass
+class Prompt:
+    """A prompt on one slice of the prepared grid, in that slice's pixel coordinates."""
+
+    slice_index: int
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
+    point: tuple[float, float] | None = None  # x, y (positive click)
+
+    @property
+    def kind(self) -> str:
+        return "box" if self.box is not None else "point"
 
 
 def _mask2d(mask) -> np.ndarray:
@@ -114,6 +132,43 @@ def to_sam_points(box=None, point=None) -> tuple[np.ndarray, np.ndarray]:
     if not coords:
         raise ValueError("to_sam_points needs a box, a point or both")
     return np.stack(coords)[None].astype(np.float32), np.asarray(labels, dtype=np.int32)[None]
+
+
+def prompt_from_label(label_zyx, kind: str) -> Prompt | None:
+    """Evaluation's simulated prompt: a tight box (``kind="box"``) or the deepest interior
+    click (``"point"``) from the ground truth on its largest cross-section; None if empty."""
+    lab = np.asarray(label_zyx) > 0
+    if not lab.any():
+        return None
+    k = key_slice(lab)
+    if kind == "box":
+        return Prompt(k, box=tuple(float(v) for v in box_from_mask(lab[k])))
+    return Prompt(k, point=tuple(float(v) for v in point_from_mask(lab[k])))
+
+
+def prompt_points(prompt: Prompt) -> tuple[np.ndarray, np.ndarray]:
+    """A :class:`Prompt` as SAM2 points on its slice: (coords (P, 2), labels (P,))."""
+    coords, labels = to_sam_points(box=prompt.box, point=prompt.point)
+    return coords[0], labels[0]
+
+
+def clip_prompts(key_masks, use_box: bool, rng: np.random.Generator, jitter: float) -> tuple[np.ndarray, np.ndarray]:
+    """Training prompts for a batch: one box (jittered) or one random interior click per
+    clip from its mask on the conditioning slice; a clip whose organ is absent there gets
+    padding points (no prompt). Returns (coords (B, 2, 2) float32, labels (B, 2) int32)."""
+    coords = np.zeros((len(key_masks), 2, 2), dtype=np.float32)
+    labels = np.full((len(key_masks), 2), PADDING, dtype=np.int32)
+    for b, m in enumerate(key_masks):
+        m = np.asarray(m) > 0.5
+        if not m.any():
+            continue
+        if use_box:
+            coords[b] = box_from_mask(m, rng=rng, jitter=jitter).reshape(2, 2)
+            labels[b] = BOX_LABELS
+        else:
+            coords[b, 0] = point_from_mask(m, rng=rng)
+            labels[b, 0] = POSITIVE
+    return coords, labels
 
 
 def _apply_xy(coords, fn) -> np.ndarray:

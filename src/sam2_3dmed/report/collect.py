@@ -124,7 +124,7 @@ def _numeric(df: pd.DataFrame, cols, path: Path, allow_empty=()) -> pd.DataFrame
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """``eval/<split>/metrics.csv``: a row per case and mode (``evaluate/run.py``)."""
+    """``eval/<split>/metrics.csv``: a row per case and mode (``evaluate/evaluation.py``)."""
     df = _read_csv(path)
     missing = [c for c in METRICS_REQUIRED if c not in df.columns]
     if missing:

@@ -8,7 +8,6 @@ previous pages as they were.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import zlib
 from pathlib import Path
@@ -17,6 +16,7 @@ import jinja2
 
 from ..atomic import atomic_file
 from ..console import log
+from ..data.prepared import PreparedTarget
 from ..errors import UserError
 from . import figures, tables
 from .collect import METRICS, TargetResults, collect_target
@@ -67,12 +67,15 @@ def _pretrained_by_variant(cfg: dict, res: TargetResults) -> dict[str, bool | No
 
 
 def _fingerprint(cfg: dict, target: str) -> tuple[dict | None, Path, str | None]:
-    path = Path(cfg["data"]["prepared"]) / target / "fingerprint.json"
+    """The prepared target's fingerprint (through the one reader of prepared folders), or
+    why the report goes without it."""
+    prepared = PreparedTarget(Path(cfg["data"]["prepared"]) / target)
+    path = prepared.path / "fingerprint.json"
     if not path.is_file():
         return None, path, f"{path} not found: no images for qualitative figures"
     try:
-        return json.loads(path.read_text(encoding="utf-8")), path, None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return prepared.fingerprint, path, None
+    except (OSError, UserError) as exc:
         return None, path, f"{path} could not be read ({type(exc).__name__}): no qualitative figures"
 
 

@@ -1,1 +1,1 @@
-"""Training: clip sampling from prepared volumes, prompt simulation, and the training loop."""
+"""Training: clip sampling from prepared volumes (dataset.py) and the trainer as hooks (trainer.py)."""

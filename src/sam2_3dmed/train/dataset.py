@@ -17,15 +17,18 @@ Per sample:
 5. :func:`fit_to_square` to S x S, intensity augmentation on the [0, 1] image content
    (not the padding), then one in-plane affine (rotation, isotropic scale, optional left-right flip) shared by all
    slices of the clip (bilinear for the image, nearest for the mask);
-6. :func:`to_sam_input` (3 channels, ImageNet normalisation); the key slice (largest
-   cross-section in the clip) gets a box and a positive click in input pixel coordinates.
+6. :func:`to_sam_input` (3 channels, ImageNet normalisation), and the key slice (largest
+   cross-section in the clip: the trainer's prompts go there, ``model/prompts.py``).
+
+A sample holds what the trainer uses and nothing else: ``image`` (D, 3, S, S), ``mask``
+(D, S, S), ``valid`` (D,) (False on padding slices), ``slice_index`` (D,) and ``z_mm`` (D,)
+(the slices' positions, for the SRPP targets), ``key_index`` (-1 without foreground).
 
 Augmentations are in-plane and respect anatomy: no left-right flip unless ``flip_lr``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 from dataclasses import dataclass
@@ -36,38 +39,25 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data.prepare import load_prepared_case
+from ..config import defaults
+from ..data.prepared import PreparedTarget
 from ..data.slices import fit_to_square, to_sam_input
 from ..errors import ConfigError, InputFileError, UserError
-from .prompts import box_from_mask, point_from_mask
-
-AUGMENT_DEFAULTS: dict = {
-    "rotate_deg": 10.0,          # rotation drawn uniformly in [-rotate_deg, rotate_deg]
-    "scale": [0.9, 1.1],         # isotropic zoom drawn uniformly in this range
-    "flip_lr": False,            # left-right flip with probability 0.5 (breaks anatomy; off)
-    "p": 0.5,                    # probability of applying the spatial transform to a clip
-    "intensity_shift": 0.05,     # additive shift in [-s, s] (image in [0, 1])
-    "intensity_scale": [0.9, 1.1],  # multiplicative factor drawn in this range
-    "noise_std": 0.02,           # Gaussian noise, sigma drawn uniformly in [0, noise_std]
-    "p_intensity": 1.0,          # probability of applying the intensity transform
-}
-
-SRPP_TARGETS = ("mm", "index")
-SPLITS = ("train", "val", "test")
-
 
 def resolve_augment(augment) -> dict | None:
-    """None -> defaults; False -> no augmentation; a dict -> merged over the defaults."""
+    """None or True -> the built-in defaults (``train.augment`` of defaults.yaml); False ->
+    no augmentation; a dict -> merged over the defaults and checked."""
+    base = defaults()["train"]["augment"]
     if augment is False:
         return None
     if augment is None or augment is True:
-        return dict(AUGMENT_DEFAULTS)
+        return base
     if not isinstance(augment, dict):
         raise ConfigError(f"augment: expected a mapping, false or null, got {type(augment).__name__}")
-    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
+    unknown = sorted(set(augment) - set(base))
     if unknown:
-        raise ConfigError(f"augment.{unknown[0]}: unknown key (known: {', '.join(AUGMENT_DEFAULTS)})")
-    cfg = {**AUGMENT_DEFAULTS, **augment}
+        raise ConfigError(f"augment.{unknown[0]}: unknown key (known: {', '.join(base)})")
+    cfg = {**base, **augment}
     for key in ("scale", "intensity_scale"):
         lo, hi = (float(v) for v in cfg[key])
         if not 0 < lo <= hi:
@@ -114,33 +104,6 @@ def spatial_augment(image: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor
     return img, msk
 
 
-# ----------------------------------------------------------------- splits
-def list_cases(prepared_dir, fold: int, split: str = "train") -> list[str]:
-    """Case ids of ``split`` ('train', 'val' of fold ``fold``, or the held-out 'test')."""
-    path = Path(prepared_dir) / "splits.json"
-    if split not in SPLITS:
-        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not path.is_file():
-        raise UserError("not found; run `sam2-3dmed prepare` first", path)
-    try:
-        splits = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputFileError(f"not a valid splits file (not JSON: {type(e).__name__})", path) from None
-    folds = splits.get("folds") if isinstance(splits, dict) else None
-    if not isinstance(folds, list) or not all(isinstance(f, dict) for f in folds):
-        raise InputFileError("not a valid splits file: needs an object whose 'folds' is a list of "
-                             "{'train': [...], 'val': [...]}", path)
-    if split == "test":
-        ids, where = splits.get("test", []), "'test'"
-    else:
-        if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < len(folds):
-            raise UserError(f"fold {fold!r} is out of range: it lists {len(folds)} folds (0..{len(folds) - 1})", path)
-        ids, where = folds[fold].get(split), f"folds[{fold}].{split}"
-    if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
-        raise InputFileError(f"not a valid splits file: {where} must be a list of case ids", path)
-    return list(ids)
-
-
 # ----------------------------------------------------------------- dataset
 @dataclass(frozen=True)
 class _CaseMeta:
@@ -161,21 +124,15 @@ def _scan_label(label, chunk: int = 32) -> tuple[int, int]:
 
 
 class ClipDataset(Dataset):
-    """Clips of ``clip_length`` consecutive slices; ``dataset[i]`` depends only on (seed, i).
+    """Clips of ``clip_length`` consecutive slices; ``dataset[i]`` depends only on (seed, i)."""
 
-    Extra options beyond the brief: ``box_jitter`` (fraction of the box side each box
-    side may move, 0 = tight box) and ``random_point`` (a random interior-weighted click
-    instead of the deepest interior pixel).
-    """
-
-    def __init__(self, prepared_dir, case_ids, clip_length: int, image_size: int, length: int,
-                 seed: int = 0, fg_share: float = 0.8, reverse_prob: float = 0.5,
-                 augment: dict | bool | None = None, srpp_target: str = "mm",
-                 box_jitter: float = 0.0, random_point: bool = False):
-        self.prepared_dir = Path(prepared_dir)
+    def __init__(self, prepared: PreparedTarget | str | Path, case_ids, clip_length: int, image_size: int,
+                 length: int, seed: int = 0, fg_share: float = 0.8, reverse_prob: float = 0.5,
+                 augment: dict | bool | None = None):
+        self.prepared = prepared if isinstance(prepared, PreparedTarget) else PreparedTarget(prepared)
         self.case_ids = [str(c) for c in case_ids]
         if not self.case_ids:
-            raise UserError("no cases to sample clips from", self.prepared_dir)
+            raise UserError("no cases to sample clips from", self.prepared.path)
         if int(clip_length) < 1:
             raise ConfigError(f"clip_length: must be >= 1, got {clip_length}")
         if int(image_size) < 1:
@@ -187,10 +144,6 @@ class ClipDataset(Dataset):
         for name, v in (("fg_share", fg_share), ("reverse_prob", reverse_prob)):
             if not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"{name}: must be in [0, 1], got {v}")
-        if srpp_target not in SRPP_TARGETS:
-            raise ConfigError(f"srpp_target: must be one of {', '.join(SRPP_TARGETS)}, got {srpp_target!r}")
-        if float(box_jitter) < 0:
-            raise ConfigError(f"box_jitter: must be >= 0, got {box_jitter}")
         self.clip_length = int(clip_length)
         self.image_size = int(image_size)
         self.length = int(length)
@@ -198,17 +151,14 @@ class ClipDataset(Dataset):
         self.fg_share = float(fg_share)
         self.reverse_prob = float(reverse_prob)
         self.augment = resolve_augment(augment)
-        self.srpp_target = srpp_target
-        self.box_jitter = float(box_jitter)
-        self.random_point = bool(random_point)
         self.meta: dict[str, _CaseMeta] = {}
         for cid in self.case_ids:
             if cid in self.meta:
                 continue
-            image, label, geom = load_prepared_case(self.prepared_dir, cid, mmap=True)
+            image, label, geom = self.prepared.case(cid, mmap=True)
             if image.ndim != 3 or image.shape != label.shape:
                 raise InputFileError(f"image {image.shape} and label {label.shape} must be equal (z, y, x) arrays",
-                                     self.prepared_dir / "cases" / cid)
+                                     self.prepared.path / "cases" / cid)
             lo, hi = _scan_label(label)
             sp = tuple(float(s) for s in geom.resampled_spacing)
             self.meta[cid] = _CaseMeta(int(image.shape[0]), sp, lo, hi)
@@ -226,7 +176,7 @@ class ClipDataset(Dataset):
     def arrays(self, case_id: str):
         """(image, label) memory-mapped arrays of a case (opened once per process)."""
         if case_id not in self._open:
-            image, label, _ = load_prepared_case(self.prepared_dir, case_id, mmap=True)
+            image, label, _ = self.prepared.case(case_id, mmap=True)
             self._open[case_id] = (image, label)
         return self._open[case_id]
 
@@ -291,47 +241,11 @@ class ClipDataset(Dataset):
         present = areas > 0
         areas = torch.where(torch.from_numpy(valid), areas, torch.full_like(areas, -1.0))
         key = int(torch.argmax(areas)) if bool(present[torch.from_numpy(valid)].any()) else -1
-        if key >= 0:
-            key_mask = mask[key].numpy()
-            box = box_from_mask(key_mask, rng, self.box_jitter) if self.box_jitter > 0 else box_from_mask(key_mask)
-            point = point_from_mask(key_mask, rng if self.random_point else None)
-        else:
-            box, point = np.zeros(4, np.float32), np.zeros(2, np.float32)
-
-        z_mm = index.astype(np.float64) * meta.spacing[2]
-        srpp = z_mm if self.srpp_target == "mm" else index.astype(np.float64)
         return {
             "image": to_sam_input(image),
             "mask": mask,
             "valid": torch.from_numpy(valid),
             "slice_index": torch.from_numpy(index),
-            "z_mm": torch.from_numpy(z_mm.astype(np.float32)),
-            "srpp_pos": torch.from_numpy(srpp.astype(np.float32)),
-            "spacing": torch.tensor(meta.spacing, dtype=torch.float32),
-            "case_id": cid,
-            "reversed": rev,
-            "present": present,
+            "z_mm": torch.from_numpy((index.astype(np.float64) * meta.spacing[2]).astype(np.float32)),
             "key_index": torch.tensor(key, dtype=torch.int64),
-            "box": torch.from_numpy(np.asarray(box, np.float32)),
-            "point": torch.from_numpy(np.asarray(point, np.float32)),
-            "sample_index": i,
         }
-
-
-def collate(samples: list[dict]) -> dict:
-    """Stack tensors along a new batch axis; strings become lists; bools/ints become tensors."""
-    out = {}
-    for key in samples[0]:
-        vals = [smp[key] for smp in samples]
-        first = vals[0]
-        if isinstance(first, torch.Tensor):
-            out[key] = torch.stack(vals)
-        elif isinstance(first, bool):
-            out[key] = torch.tensor(vals, dtype=torch.bool)
-        elif isinstance(first, int):
-            out[key] = torch.tensor(vals, dtype=torch.int64)
-        elif isinstance(first, float):
-            out[key] = torch.tensor(vals, dtype=torch.float32)
-        else:
-            out[key] = list(vals)
-    return out

@@ -1,0 +1,30 @@
+"""Where a model runs, and what it cost in memory: shared by training, inference and evaluation."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+
+from .errors import UserError
+
+
+def pick_device(requested: str | None) -> torch.device:
+    """``auto``/None: CUDA when available, else CPU; otherwise the named device (checked)."""
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA device is available")
+    try:
+        return torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA peak allocated memory, or on CPU the process's peak resident set size (MB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
