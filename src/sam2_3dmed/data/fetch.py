@@ -12,6 +12,7 @@ exception for cut-off downloads) to one file, e.g. model weights, with any
 
 from __future__ import annotations
 
+import copy
 import errno
 import gzip
 import hashlib
@@ -58,6 +59,20 @@ _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE_RE = re.compile(r"bytes\s+\*/(\d+)")
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+# tarfile's extraction filters (PEP 706) exist from Python 3.12, 3.11.4 and 3.10.12; Debian 12
+# ships 3.11.2. Without them, _extract_checked makes the same real-path checks itself.
+_HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+class _Refused(Exception):
+    """A member that resolves outside the destination (the fallback's tarfile.FilterError)."""
+
+    def __init__(self, tarinfo: tarfile.TarInfo, reason: str):
+        super().__init__(reason)
+        self.tarinfo, self.reason = tarinfo, reason
+
+
+_FILTER_ERRORS = (tarfile.FilterError, _Refused) if _HAS_DATA_FILTER else (_Refused,)
 _FILTER_REASONS = {
     "AbsolutePathError": "absolute path",
     "OutsideDestinationError": "path outside the task folder",
@@ -443,6 +458,36 @@ def _unsafe(member: tarfile.TarInfo, task: str) -> str | None:
     return None
 
 
+def _changed(member: tarfile.TarInfo, **changes) -> tarfile.TarInfo:
+    """A copy of a member with some fields changed (``TarInfo.replace`` where Python has it)."""
+    if hasattr(member, "replace"):
+        return member.replace(**changes, deep=False)
+    out = copy.copy(member)
+    for key, value in changes.items():
+        setattr(out, key, value)
+    return out
+
+
+def _extract_checked(tar: tarfile.TarFile, members, dest: Path) -> None:
+    """Extract member by member, each first resolved against what is already on disk (so a
+    chain of links that lexically stays inside but really leaves ``dest`` is caught): what
+    the 'data' filter does, for Pythons without it. No owners, modes or times are restored."""
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        return path == root or path.startswith(root + os.sep)
+
+    for m in members:
+        parent = os.path.realpath(os.path.join(root, posixpath.dirname(m.name)))
+        if not inside(os.path.join(parent, posixpath.basename(m.name))):
+            raise _Refused(m, "path outside the task folder")
+        if m.issym() and not inside(os.path.realpath(os.path.join(parent, m.linkname))):
+            raise _Refused(m, "link pointing outside the task folder")
+        if m.islnk() and not inside(os.path.realpath(os.path.join(root, m.linkname))):
+            raise _Refused(m, "link pointing outside the task folder")
+        tar.extract(m, root, set_attrs=False)
+
+
 def _plan(members: list[tarfile.TarInfo], task: str, label: str) -> list[tarfile.TarInfo]:
     """Check every member; return the ones to extract, renamed relative to TASK/."""
     keep: list[tarfile.TarInfo] = []
@@ -468,7 +513,7 @@ def _plan(members: list[tarfile.TarInfo], task: str, label: str) -> list[tarfile
             if target not in files:
                 raise InputFileError(f"refusing member {m.name!r}: hard link to a file not extracted before it", label)
             changes["linkname"] = target
-        keep.append(m.replace(**changes, deep=False))
+        keep.append(_changed(m, **changes))
         if m.isreg() or m.islnk():
             files.add(rel)
     if others:
@@ -499,9 +544,12 @@ def _extract(archive: Path, label: str, task: str, dest: Path) -> None:
 
                 # the 'data' filter re-checks each member against the real
                 # file system (symlink chains), as a second line of defence
-                tar.extractall(dest, members=advancing(), filter="data")
-    except tarfile.FilterError as exc:
-        reason = _FILTER_REASONS.get(type(exc).__name__, "unsafe member")
+                if _HAS_DATA_FILTER:
+                    tar.extractall(dest, members=advancing(), filter="data")
+                else:
+                    _extract_checked(tar, advancing(), dest)
+    except _FILTER_ERRORS as exc:
+        reason = exc.reason if isinstance(exc, _Refused) else _FILTER_REASONS.get(type(exc).__name__, "unsafe member")
         name = f"{task}/{exc.tarinfo.name}"
         raise InputFileError(f"refusing member {name!r}: {reason}", label) from None
     except _TAR_ERRORS as exc:
