@@ -1,7 +1,7 @@
 """Claim: the clip loader (memory-mapped window reads) is faster than loading whole volumes.
 
 Both variants run the identical ClipDataset pipeline (window choice, reversal, augmentation,
-fit_to_square, SAM2 normalisation, prompts) over the same synthetic prepared target made
+fit_to_square, SAM2 normalisation, key slice) over the same synthetic prepared target made
 in a temp dir; they differ only in how the D slices are read:
 
 - ours: ``np.load(mmap_mode="r")`` once per worker, then read slices ``start:stop`` only;
@@ -98,8 +98,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         prep = make_target(Path(tmp), args.cases, args.size)
-        ids = PreparedTarget(prep).cases(0, "train") + PreparedTarget(prep).cases(0, "val")
-        shapes = [PreparedTarget(prep).case(c)[0].shape for c in ids]
+        target = PreparedTarget(prep)
+        ids = target.cases(0, "train") + target.cases(0, "val")
+        shapes = [target.case(c)[0].shape for c in ids]
         mb = [np.prod(s) * 3 / 2**20 for s in shapes]  # float16 image + uint8 label
         print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; {len(ids)} synthetic cases prepared in "
