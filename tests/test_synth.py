@@ -303,3 +303,41 @@ def test_cli_ok_line_is_one_line_for_long_paths(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and str(out / "Task06_Lung") in lines[0], lines
+
+
+# --------------------------------------------------------------------------- msd geometry profile
+
+
+@pytest.mark.parametrize("task", sorted(synth.MSD_GEOMETRY))
+def test_msd_profile_draws_from_the_real_ranges(task):
+    geo = synth.MSD_GEOMETRY[task]
+    counts, spacings = [], []
+    for i in range(40):
+        g = synth._make_grid(np.random.default_rng((0, i)), 512, task, "msd", i)
+        assert g.shape[:2] == (512, 512)
+        assert 0.6 - 1e-3 <= g.spacing[0] == g.spacing[1] <= 0.98 + 1e-3
+        assert geo.slices[0] <= g.shape[2] <= geo.slices[1]
+        assert geo.spacing_mm[0] - 1e-2 <= g.spacing[2] <= geo.spacing_mm[1] + 1e-2
+        counts.append(g.shape[2])
+        spacings.append(g.spacing[2])
+    assert counts[0] == geo.slices[1] and counts[1] == geo.slices[0]  # the longest and the shortest included
+    assert len(set(counts[2:])) > 20  # drawn, not fixed
+    assert max(spacings) > min(spacings)
+
+
+def test_msd_profile_case_content_and_small_profile_unchanged():
+    # the longest pancreas (751 slices), at a small matrix to keep the test fast
+    img, lab = synth_case("Task07_Pancreas", 0, seed=0, size=32, profile="msd")
+    assert max(img.shape) == 751 and img.shape == lab.shape
+    assert np.isin(np.asarray(lab.dataobj), [1]).sum() > 0  # the organ is in the volume
+    # small stays the default profile
+    a, _ = synth_case("Task09_Spleen", 3, seed=0, size=SIZE)
+    b, _ = synth_case("Task09_Spleen", 3, seed=0, size=SIZE, profile="small")
+    assert np.array_equal(_arrays(a), _arrays(b))
+    assert max(a.shape) <= 96
+
+
+def test_unknown_profile_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="profile 'huge'"):
+        synth_task("Task09_Spleen", tmp_path, cases=2, profile="huge")
+    assert not any(tmp_path.iterdir())

@@ -89,12 +89,16 @@ def synth_cmd(
     test_cases: int = typer.Option(2, "--test-cases", min=0, help="Number of unlabelled cases (imagesTs)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same files."),
     size: int = typer.Option(160, "--size", min=32, max=1024, help="In-plane matrix size of each volume."),
+    profile: str = typer.Option("small", "--profile",
+                                help="Geometry: small (demo phantoms, 24-96 slices) or msd (the real task's slice "
+                                     "counts and spacings; case 0 the longest, case 1 the shortest; use --size 512)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT/TASK."),
 ) -> None:
-    """Write a synthetic CT task in MSD layout (for demos and tests)."""
+    """Write a synthetic CT task in MSD layout (for demos, tests and scale rehearsals)."""
     from .data.synth import synth_task
 
-    dest = synth_task(task, out, cases=cases, test_cases=test_cases, seed=seed, size=size, overwrite=overwrite)
+    dest = synth_task(task, out, cases=cases, test_cases=test_cases, seed=seed, size=size, overwrite=overwrite,
+                      profile=profile)
     _ok(f"synthetic {task} ({cases} cases) -> {dest}")
 
 

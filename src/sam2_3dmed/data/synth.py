@@ -13,9 +13,18 @@ field of view: in-plane by ``k_xy`` (the body half-width, about 0.4 x FOV, stand
 Every structure is then sampled on the voxel grid of the case. Per case, with its
 own ``np.random.default_rng((seed, case_index))``:
 
-* spacing: in-plane 0.6-1.0 mm (x = y), slice thickness 1.5-5 mm; the number of
-  slices gives a z extent of about 150-250 mm, capped to 24..96 slices; the in-plane
-  matrix is ``size x size`` (FOV = size x spacing).
+* geometry, by ``profile`` (the in-plane matrix is always ``size x size``, FOV =
+  size x spacing):
+
+  - ``small`` (the demo's and the tests' default): in-plane 0.6-1.0 mm (x = y), slice
+    thickness 1.5-5 mm; the number of slices gives a z extent of about 150-250 mm,
+    capped to 24..96 slices.
+  - ``msd``: the real MSD tasks' ranges (see :data:`MSD_GEOMETRY`), for scale
+    rehearsals at ``size=512``: in-plane 0.6-0.98 mm; the slice count is drawn
+    log-uniformly from the task's range and the slice spacing is the z extent
+    (150-500 mm) over it, clipped to the task's spacing range. Case 0 always has the
+    task's largest slice count (so a handful of cases includes the worst case; its
+    spacing is the task's smallest) and case 1 its smallest.
 * HU (each tissue jittered by a few HU per case):
 
   ============================  =======  =========================================
@@ -117,10 +126,43 @@ class _Grid:
         return slices * self.spacing[2] / self.k_z
 
 
-def _make_grid(rng: np.random.Generator, size: int, task: str) -> _Grid:
-    sxy = _q(rng.uniform(0.6, 1.0))
-    sz = _q(rng.uniform(1.5, 5.0))
-    nz = int(np.clip(round(rng.uniform(150.0, 250.0) / sz), 24, 96))
+@dataclass(frozen=True)
+class SliceGeometry:
+    """A task's range of slice counts and slice spacings (mm) in the real MSD."""
+
+    slices: tuple[int, int]
+    spacing_mm: tuple[float, float]
+
+
+#: Slice ranges of the real MSD tasks (512 x 512 in-plane, 0.6-0.98 mm everywhere).
+MSD_GEOMETRY = {
+    "Task09_Spleen": SliceGeometry((31, 168), (1.5, 8.0)),
+    "Task07_Pancreas": SliceGeometry((37, 751), (0.7, 7.5)),
+    "Task06_Lung": SliceGeometry((112, 636), (0.6, 2.5)),
+}
+PROFILES = ("small", "msd")
+
+
+def _slices_msd(rng: np.random.Generator, task: str, case_index: int) -> tuple[float, int]:
+    """(slice spacing, slice count) of a case of the ``msd`` profile."""
+    geo = MSD_GEOMETRY[task]
+    lo, hi = geo.slices
+    draw = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))  # always drawn: same stream
+    extent = rng.uniform(150.0, 500.0)
+    nz = {0: hi, 1: lo}.get(int(case_index), draw)
+    sz = geo.spacing_mm[0] if int(case_index) == 0 else float(np.clip(extent / nz, *geo.spacing_mm))
+    return _q(sz), nz
+
+
+def _make_grid(rng: np.random.Generator, size: int, task: str, profile: str = "small",
+               case_index: int = 0) -> _Grid:
+    if profile == "msd":
+        sxy = _q(rng.uniform(0.6, 0.98))
+        sz, nz = _slices_msd(rng, task, case_index)
+    else:
+        sxy = _q(rng.uniform(0.6, 1.0))
+        sz = _q(rng.uniform(1.5, 5.0))
+        nz = int(np.clip(round(rng.uniform(150.0, 250.0) / sz), 24, 96))
     fov = size * sxy
     half_width = rng.uniform(0.36, 0.42) * fov  # body half-width in world mm
     k_xy = half_width / _BODY_HALF_WIDTH
@@ -359,15 +401,23 @@ def _nifti(arr: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
-def synth_case(task: str, case_index: int, seed: int = 0, size: int = 160, labelled: bool = True):
+def _check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise UserError(f"unknown synthetic geometry profile {profile!r}; choose one of {', '.join(PROFILES)}")
+
+
+def synth_case(task: str, case_index: int, seed: int = 0, size: int = 160, labelled: bool = True,
+               profile: str = "small"):
     """Build one case in memory: ``(image_nifti, label_nifti or None)``.
 
-    Only ``(seed, case_index)`` decides the content, so cases can be made independently.
+    Only ``(seed, case_index, size, profile)`` decides the content, so cases can be made
+    independently.
     """
     if task not in TARGETS:
         raise UserError(f"no synthetic phantom for task {task!r}; choose one of {', '.join(sorted(TARGETS))}")
+    _check_profile(profile)
     rng = np.random.default_rng((int(seed), int(case_index)))
-    g = _make_grid(rng, size, task)
+    g = _make_grid(rng, size, task, profile, case_index)
     targets = TARGETS[task]
     for _ in range(_MAX_TRIES):
         tissue = _phantom(rng, g, task)
@@ -401,11 +451,12 @@ def synth_task(
     seed: int = 0,
     size: int = 160,
     overwrite: bool = False,
+    profile: str = "small",
 ) -> Path:
     """Write ``OUT/TASK/`` in MSD layout with ``cases`` labelled and ``test_cases`` test cases.
 
     Training cases are ``<prefix>_0 .. <prefix>_{cases-1}``, test cases continue the
-    numbering. Returns the task folder.
+    numbering. ``profile`` chooses the geometry (module docstring). Returns the task folder.
     """
     if task not in TASKS or task not in PREFIX:
         known = ", ".join(sorted(PREFIX))
@@ -418,6 +469,7 @@ def synth_task(
         raise UserError(f"--seed must be 0 or more (got {seed})")
     if not 32 <= int(size) <= 1024:
         raise UserError(f"--size must be between 32 and 1024 (got {size})")
+    _check_profile(profile)
     meta = TASKS[task]
     prefix = PREFIX[task]
     final = Path(out) / task
@@ -429,7 +481,7 @@ def synth_task(
         for i in track(range(n_total), f"synth {task}"):
             cid = f"{prefix}_{i}"
             labelled = i < cases
-            img, lab = synth_case(task, i, seed=seed, size=size, labelled=labelled)
+            img, lab = synth_case(task, i, seed=seed, size=size, labelled=labelled, profile=profile)
             if labelled:
                 nib.save(img, str(tmp / "imagesTr" / f"{cid}.nii.gz"))
                 nib.save(lab, str(tmp / "labelsTr" / f"{cid}.nii.gz"))
@@ -453,6 +505,7 @@ def synth_task(
             "synthetic": True,
             "seed": int(seed),
             "size": int(size),
+            "profile": profile,
         }
         write_json(tmp / "dataset.json", dataset)
         load_dataset_json(tmp)  # what we wrote must read back as a valid task
