@@ -19,7 +19,7 @@ def write(tmp_path, obj, name="c.yaml"):
     return p
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "rehearsal.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(REPO / "config" / name)
     assert set(cfg["run"]["targets"]) <= set(cfg["targets"])
@@ -29,6 +29,16 @@ def test_defaults_validate_and_cover_all_targets():
     cfg = load_config()
     assert {"spleen", "pancreas", "pancreas_tumour", "lung_tumour"} <= set(cfg["targets"])
     assert cfg["targets"]["pancreas"]["labels"] == [1, 2]
+
+
+def test_run_folds_all_is_every_fold():
+    assert load_config()["run"]["folds"] == [0, 1, 2, 3, 4]  # the default: a cross-validated run
+    real = load_config(REPO / "config" / "config.yaml")
+    assert real["run"]["folds"] == [0, 1, 2, 3, 4] and real["run"]["device"] == "cuda"
+    assert load_config(overrides={"splits": {"folds": 3}})["run"]["folds"] == [0, 1, 2]
+    assert load_config(overrides={"run": {"folds": [1]}})["run"]["folds"] == [1]
+    demo = load_config(REPO / "config" / "demo.yaml")
+    assert demo["run"]["folds"] == [0] and demo["run"]["device"] == "auto"
 
 
 def test_deep_merge_semantics():
@@ -49,6 +59,11 @@ def test_deep_merge_semantics():
         ({"run": {"targets": ["liver"]}}, "run.targets: unknown target 'liver'"),
         ({"targets": {"liver": {"task": "Task09_Spleen"}}}, "targets.liver: 'labels' is a required property"),
         ({"targets": {"spleen": {"spacing_mm": [0.8]}}}, "targets.spleen.spacing_mm"),
+        ({"run": {"folds": "some"}}, "run.folds"),
+        ({"run": {"folds": [0, 7]}}, "run.folds: fold 7 does not exist"),
+        ({"run": {"device": "gpu"}}, "run.device"),
+        ({"evaluate": {"max_cases": 0}}, "evaluate.max_cases"),
+        ({"data": {"synthetic": {"profile": "huge"}}}, "data.synthetic.profile"),
     ],
 )
 def test_bad_keys_are_named(tmp_path, override, expect):

@@ -1,5 +1,5 @@
 """The Snakemake workflow's SLURM set-up: ./slurm (the `--profile slurm`) and the
-workflow profile workflow/profiles/default (per-rule GPUs and CPUs).
+workflow profile workflow/profiles/default; per-rule GPUs and CPUs are in the rules.
 
 Without a cluster (always run):
 
@@ -7,7 +7,8 @@ Without a cluster (always run):
 * the DAG of a synthetic config with 3 targets x 2 variants x 2 folds has the expected
   jobs per rule (dry run);
 * ``--profile slurm`` parses and gives train and evaluate one GPU (dry run; works
-  without SLURM installed), and the helper scripts are valid bash.
+  without SLURM installed), also under ``--set-resources`` overrides, with the real
+  config's ``--device cuda``; and the helper scripts are valid bash.
 
 With a cluster: one test runs a tiny config end to end through ``--profile slurm`` (in
 a temporary copy of the project) and checks the outputs and, with sacct, that every
@@ -104,6 +105,33 @@ def test_slurm_profile_dry_run(tmp_path):
     assert "gpu=1" in res["evaluate"], res["evaluate"]
     for rule in ("synth", "prepare", "report"):
         assert "gpu" not in res[rule] and "cpus_per_task=1" in res[rule], res[rule]
+
+
+def test_resource_overrides_keep_the_gpu_and_the_real_config_pins_cuda(tmp_path):
+    """`--set-resources train:runtime=2880` (a longer wall time, as users do) changes the
+    wall time only: the GPU and CPU requests live in the rules, where a command line's
+    set-resources cannot drop them (a profile's set-resources block it replaces whole).
+    The real config runs every fold, with --device cuda; the demo keeps auto."""
+    proj = make_project(tmp_path, {}, name="unused.yaml")
+    shutil.copy(REPO / "config" / "config.yaml", proj / "config" / "config.yaml")
+    proc = sh("snakemake", "-n", "-p", "--cores", "8", "--profile", "slurm",
+              "--set-resources", "train:runtime=2880", "evaluate:mem_mb=20000", cwd=proj)
+    text = proc.stdout
+    counts = job_counts(text)
+    assert counts["train"] == 15 and counts["evaluate"] == 15, counts  # 3 targets x 5 folds
+    res = job_resources(text)
+    assert "gpu=1" in res["train"] and "cpus_per_task=8" in res["train"] and "runtime=2880" in res["train"], res
+    assert "gpu=1" in res["evaluate"] and "cpus_per_task=4" in res["evaluate"] and "mem_mb=20000" in res["evaluate"]
+    assert "gpu" not in res["prepare"], res["prepare"]
+    train_cmds = [line for line in text.splitlines() if "sam2-3dmed train " in line]
+    eval_cmds = [line for line in text.splitlines() if "sam2-3dmed evaluate " in line]
+    assert len(train_cmds) == 15 and all("--device cuda" in c for c in train_cmds), train_cmds[:1]
+    assert len(eval_cmds) == 15 and all("--device cuda" in c for c in eval_cmds), eval_cmds[:1]
+    assert {re.search(r"--fold (\d)", c).group(1) for c in train_cmds} == set("01234")
+
+    demo = make_project(tmp_path / "demo", TINY)
+    text = sh("snakemake", "-n", "-p", "--cores", "2", "--configfile", "config/run.yaml", cwd=demo).stdout
+    assert "--device auto" in text and "--device cuda" not in text
 
 
 def test_cluster_scripts_are_valid_bash():

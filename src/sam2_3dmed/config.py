@@ -78,6 +78,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
     unknown = [v for v in cfg["run"]["variants"] if v not in cfg["variants"]]
     if unknown:
         raise ConfigError(f"run.variants: unknown variant {unknown[0]!r}; defined: {', '.join(cfg['variants'])}", source)
+    if cfg["run"]["folds"] == "all":  # every fold of the cross-validation (the real run)
+        cfg["run"]["folds"] = list(range(cfg["splits"]["folds"]))
     bad_fold = [f for f in cfg["run"]["folds"] if f >= cfg["splits"]["folds"]]
     if bad_fold:
         raise ConfigError(f"run.folds: fold {bad_fold[0]} does not exist (splits.folds is {cfg['splits']['folds']})", source)
@@ -240,3 +242,11 @@ def write_effective_config(cfg: dict, folder: str | Path) -> Path:
                            "# --config overrides). Every job of the run reads it; its name is a hash of its content.\n"
                            + text, encoding="utf-8")
     return path
+
+
+def results_root(cfg: dict) -> Path:
+    """Where the workflow writes runs, metrics, logs and reports: ``run.results``, or by
+    default ``results`` for real MSD data and ``results/demo`` for synthetic data."""
+    if cfg["run"]["results"]:
+        return Path(cfg["run"]["results"])
+    return Path("results" if cfg["data"]["source"] == "msd" else "results/demo")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import socket
 import sys
 
 import torch
@@ -15,7 +17,12 @@ def pick_device(requested: str | None) -> torch.device:
     if requested in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available")
+        why = ("this torch has no CUDA support" if torch.version.cuda is None
+               else f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}")
+        job = os.environ.get("SLURM_JOB_ID")
+        where = f"{socket.gethostname()}" + (f", SLURM job {job}" if job else "")
+        raise UserError(f"--device {requested}: no CUDA device on {where} ({why}); request a GPU, "
+                        "or set run.device: auto (or cpu) to run on CPUs")
     try:
         return torch.device(requested)
     except (RuntimeError, ValueError):

@@ -21,3 +21,9 @@ def merged_config(wc, output):
     it as a rerun trigger: the file's name changes with any edit of the config, while what
     a job depends on is in its ``settings`` param."""
     return CONFIG_PATH
+
+
+def device(wc, output):
+    """The train/evaluate jobs' --device (run.device). Derived from the outputs, like
+    merged_config, so that moving a run from CPU to GPU does not re-run finished jobs."""
+    return CFG["run"]["device"]

@@ -22,6 +22,7 @@ if CFG["data"]["source"] == "msd":
         params:
             out=lambda wc, output: str(Path(output[0]).parent),
         resources:
+            cpus_per_task=1,
             runtime=240,
             mem_mb=4000,
         shell:
@@ -44,12 +45,15 @@ else:
             test_cases=CFG["data"]["synthetic"]["test_cases"],
             seed=CFG["data"]["synthetic"]["seed"],
             size=CFG["data"]["synthetic"]["size"],
+            profile=CFG["data"]["synthetic"]["profile"],
         resources:
+            cpus_per_task=1,
             runtime=30,
             mem_mb=4000,
         shell:
             "sam2-3dmed synth {wildcards.task:q} --out {params.out:q} --cases {params.cases}"
-            " --test-cases {params.test_cases} --seed {params.seed} --size {params.size} > {log:q} 2>&1"
+            " --test-cases {params.test_cases} --seed {params.seed} --size {params.size} --profile {params.profile:q}"
+            " > {log:q} 2>&1"
 
 
 rule prepare:
@@ -68,6 +72,7 @@ rule prepare:
         out=lambda wc: f"{PREPARED}/{wc.target}",
         settings=lambda wc: settings(target=target_config(CFG, wc.target), prepare=CFG["prepare"], splits=CFG["splits"]),
     resources:
+        cpus_per_task=1,
         runtime=120,
         mem_mb=8000,
     shell:

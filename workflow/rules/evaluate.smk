@@ -22,14 +22,19 @@ rule evaluate:
         f"{LOGS}/evaluate/{{target}}_{{variant}}_fold{{fold}}.bench.tsv"
     params:
         config=merged_config,
+        device=device,
         run=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
         settings=lambda wc: settings(target=target_config(CFG, wc.target), infer=CFG["infer"],
                                      evaluate=CFG["evaluate"]),
+    # requests here, not in a profile (see the train rule)
     resources:
+        gpu=1,
+        cpus_per_task=4,
         runtime=240,
         mem_mb=16000,
     threads: 4
     shell:
         "sam2-3dmed evaluate --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
         " --fold {wildcards.fold} --run {params.run:q} --prepared {input.prepared:q} --out {output.folder:q}"
+        " --device {params.device:q}"
         " --overwrite > {log:q} 2>&1 && cp {output.folder:q}/summary.json {output.metrics:q}"

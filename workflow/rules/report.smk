@@ -24,6 +24,7 @@ rule report:
         runs=lambda wc, input: str(Path(input.evals[0]).parents[4]),  # RUNS/<target>/<variant>/fold<k>/eval/<split>
         settings=settings(cfg=CFG),
     resources:
+        cpus_per_task=1,
         runtime=30,
         mem_mb=8000,
     shell:

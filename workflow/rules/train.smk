@@ -21,6 +21,7 @@ rule fetch_weights:
     benchmark:
         f"{LOGS}/fetch_weights/{{name}}.bench.tsv"
     resources:
+        cpus_per_task=1,
         runtime=60,
         mem_mb=4000,
     shell:
@@ -41,11 +42,18 @@ rule train:
         f"{LOGS}/train/{{target}}_{{variant}}_fold{{fold}}.bench.tsv"
     params:
         config=merged_config,
+        device=device,
         out=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
         settings=lambda wc: settings(target=target_config(CFG, wc.target),
                                      model=variant_config(CFG, wc.variant)["model"],
                                      train=variant_config(CFG, wc.variant)["train"]),
+    # Requests live here, not in a profile's set-resources: `--set-resources train:runtime=2880`
+    # then changes the wall time only (a profile's set-resources block is replaced whole by
+    # the command line's, which dropped the GPU). gpu=1 -> sbatch --gpus=1; locally it
+    # limits nothing unless --resources gpu=N is given.
     resources:
+        gpu=1,
+        cpus_per_task=8,
         runtime=1440,
         mem_mb=32000,
     # torch's CPU threads (Snakemake exports OMP_NUM_THREADS = threads; capped by --cores
@@ -55,4 +63,5 @@ rule train:
         # appended, with a header per attempt: a resumed (requeued, retried) job keeps the earlier log
         "echo \"== $(date -Is) on $(hostname), SLURM job ${{SLURM_JOB_ID:-none}}\" >> {log:q}; "
         "sam2-3dmed train --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
-        " --fold {wildcards.fold} --prepared {input.prepared:q} --out {params.out:q} --restart-if-changed >> {log:q} 2>&1"
+        " --fold {wildcards.fold} --prepared {input.prepared:q} --out {params.out:q} --device {params.device:q}"
+        " --restart-if-changed >> {log:q} 2>&1"

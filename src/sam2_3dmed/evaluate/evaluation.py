@@ -139,8 +139,10 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
     synthetic = prepared.synthetic  # fingerprint.json read and checked first: the cheap checks before the model
     prepared.check_target(target)
     cases = prepared.cases(fold, split)
-    if job.max_cases:
-        cases = cases[:job.max_cases]
+    n_split = len(cases)
+    max_cases = job.max_cases or ecfg["max_cases"]
+    if max_cases:
+        cases = cases[:max_cases]
     if not cases:
         raise UserError(f"the {split} split of fold {fold} has no cases", prepared.path / "splits.json")
     # the model last: the prepared data's checks above are cheap, loading a model is not
@@ -175,7 +177,7 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
         summary = {
             "target": target, "variant": job.variant, "fold": fold, "split": split, "modes": modes,
             "prompt": ecfg["prompt"], "checkpoint": str(ckpt), "checkpoint_step": lm.step,
-            "nsd_tolerance_mm": tol, "n_cases": len(cases), "space": "original image grid, 3D, mm",
+            "nsd_tolerance_mm": tol, "n_cases": len(cases), "n_cases_in_split": n_split, "space": "original image grid, 3D, mm",
             "synthetic": synthetic,
             **({"modes_skipped": skipped} if skipped else {}),
             "arch": lm.config["model"].get("arch", "sam2_3dmed"),

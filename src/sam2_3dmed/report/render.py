@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 
 from ..atomic import atomic_file
+from ..config import results_root
 from ..console import log
 from ..data.prepared import PreparedTarget
 from ..errors import UserError
@@ -23,11 +24,6 @@ from .collect import METRICS, TargetResults, collect_target
 from .provenance import provenance
 
 ARXIV = "arXiv 2510.08967"
-
-
-def results_root(cfg: dict) -> Path:
-    """``results`` for real MSD data, ``results/demo`` for synthetic (as ``workflow/Snakefile``)."""
-    return Path("results" if cfg["data"]["source"] == "msd" else "results/demo")
 
 
 def default_runs_dir(cfg: dict) -> Path:
