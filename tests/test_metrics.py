@@ -1,8 +1,11 @@
-"""3D metrics in mm: agreement with monai.metrics, empty-mask policy, crop exactness,
+"""3D metrics in mm: agreement with monai.metrics, empty-mask policy, the fast path
+against the full-array reference (and its memory),
 analytic geometry, the slice-wise mode, grid checks and the ``metrics`` CLI."""
 
+import contextlib
 import json
 import math
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -24,9 +27,10 @@ from sam2_3dmed.data.io import Volume
 from sam2_3dmed.errors import InputFileError
 from sam2_3dmed.evaluate.metrics import (
     KEYS,
+    _bbox,
     _metrics,
     _surface,
-    _union_box,
+    _surface_points,
     check_same_grid,
     compute_metrics,
     compute_metrics_2d,
@@ -109,11 +113,12 @@ def test_masks_touching_the_border_match_monai_and_uncropped():
     for key in ("dice", "iou", "nsd", "assd"):
         assert _close(ours[key], ref[key], 1e-6), key
     assert _close(ours["hd95"], ref["hd95_f64"], 1e-6)
-    assert _metrics(pred, gt, SPACING, 2.0, crop=False) == ours
+    assert _metrics(pred, gt, SPACING, 2.0, reference=True) == ours
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_crop_equals_uncropped(seed):
+def test_fast_path_equals_full_array_reference(seed):
+    """Slab-wise surfaces + KD-tree distances give exactly the full-array erosion + EDT numbers."""
     small_p, small_g = blob_pair(seed, shape=(20, 22, 8))
     cases = []
     for corner in ((9, 11, 6), (0, 0, 0), (20, 22, 12)):  # inside, and touching the array border
@@ -121,14 +126,86 @@ def test_crop_equals_uncropped(seed):
         box = tuple(slice(c, c + n) for c, n in zip(corner, small_p.shape))
         pred[box], gt[box] = small_p, small_g
         cases += [(pred, gt), (gt, pred)]
-    crop = _union_box(*cases[0], [2, 2, 2])
-    assert all(b.stop - b.start < n for b, n in zip(crop, SHAPE))  # the crop is smaller than the volume
     stray = cases[0][0].copy()
-    stray[0, 0, 0] = True  # a stray voxel in a corner: the crop then spans more
+    stray[0, 0, 0] = True  # a stray voxel in a corner, far from everything else
     cases.append((stray, cases[0][1]))
     for p, g in cases:
         for tol in (0.0, 1.0, 5.0):
-            assert _metrics(p, g, SPACING, tol, crop=True) == _metrics(p, g, SPACING, tol, crop=False)
+            assert _metrics(p, g, SPACING, tol) == _metrics(p, g, SPACING, tol, reference=True)
+    for p, g in cases[:2]:  # the same with several slabs per mask (slab seams inside the masks)
+        with _small_slabs():
+            fast = _metrics(p, g, SPACING, 1.0)
+        assert fast == _metrics(p, g, SPACING, 1.0, reference=True)
+
+
+@contextlib.contextmanager
+def _small_slabs():
+    import sam2_3dmed.evaluate.metrics as mod
+    saved = mod._SLAB_VOXELS, mod._QUERY_BATCH
+    mod._SLAB_VOXELS, mod._QUERY_BATCH = 3 * 44 * 20, 37  # slabs of ~3 slices, query batches of 37 points
+    try:
+        yield
+    finally:
+        mod._SLAB_VOXELS, mod._QUERY_BATCH = saved
+
+
+def test_surface_points_equal_full_array_surface():
+    pred, gt = blob_pair(3)
+    for m in (pred, gt, np.ones((6, 7, 5), bool)):
+        ref = np.argwhere(_surface(m))
+        assert np.array_equal(_surface_points(m, _bbox(m)), ref)
+        with _small_slabs():
+            assert np.array_equal(_surface_points(m, _bbox(m)), ref)
+
+
+def _far_stray_case(shape):
+    """An ellipsoid organ, a slightly shifted and resized prediction, and stray blobs at the far corner."""
+    z, y, x = (np.arange(n, dtype=np.float32) for n in shape)
+    c = [n / 4 for n in shape]
+    r = [n / 6 for n in shape]
+    gt = (((z[:, None, None] - c[0]) / r[0]) ** 2 + ((y[None, :, None] - c[1]) / r[1]) ** 2
+          + ((x[None, None, :] - c[2]) / r[2]) ** 2) <= 1
+    pred = (((z[:, None, None] - c[0] - 2) / (r[0] + 1)) ** 2 + ((y[None, :, None] - c[1]) / (r[1] - 2)) ** 2
+            + ((x[None, None, :] - c[2] + 1) / r[2]) ** 2) <= 1
+    pred[-1, -1, -1] = True  # a stray voxel at the opposite corner
+    pred[-4:-2, -6:-3, -3:] = True  # and a small stray blob near it
+    return pred, gt
+
+
+def test_far_stray_voxels_match_full_volume_reference():
+    pred, gt = _far_stray_case((64, 72, 40))
+    sp = (0.8, 0.7, 2.5)
+    for tol in (1.0, 3.0):
+        ours = compute_metrics(pred, gt, sp, tol)
+        assert ours == _metrics(pred, gt, sp, tol, reference=True)
+        # and against an independent full-volume computation, straight from the definitions
+        s_p, s_g = _surface(pred), _surface(gt)
+        d_pg = ndimage.distance_transform_edt(~s_g, sampling=sp)[s_p]
+        d_gp = ndimage.distance_transform_edt(~s_p, sampling=sp)[s_g]
+        assert ours["hd95"] == max(np.percentile(d_pg, 95), np.percentile(d_gp, 95))
+        assert ours["assd"] == (d_pg.sum() + d_gp.sum()) / (d_pg.size + d_gp.size)
+        within = np.count_nonzero(d_pg.astype(np.float32) <= np.float32(tol)) + np.count_nonzero(
+            d_gp.astype(np.float32) <= np.float32(tol))
+        assert ours["nsd"] == within / (d_pg.size + d_gp.size)
+        assert ours["dice"] == 2 * np.count_nonzero(pred & gt) / (pred.sum() + gt.sum())
+    assert d_pg.max() > 40  # mm: the stray voxels are far from the organ, and they are scored
+
+
+def test_memory_does_not_scale_with_the_stray_voxels_bounding_box():
+    """A far stray voxel used to widen the EDT crop to the whole volume (~50 bytes per voxel)."""
+    pred, gt = _far_stray_case((256, 256, 200))
+    sp = (0.8, 0.8, 1.5)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        m = compute_metrics(pred, gt, sp, 2.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert m["hd95"] > 0 and 0.5 < m["dice"] < 1
+    # under one byte per voxel (a few slabs' temporaries and the surface points); the
+    # full-volume EDT needed ~50 bytes per voxel here
+    assert peak < pred.nbytes, f"peak {peak / 2**20:.1f} MB for a {pred.nbytes / 2**20:.1f} MB mask"
 
 
 def test_surface_definition():

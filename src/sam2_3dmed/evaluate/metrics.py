@@ -12,9 +12,10 @@ Definitions (all distances in mm, with ``spacing`` in the array's axis order)
   MONAI's ``get_mask_edges`` without sub-voxel areas (``binary_erosion(m) ^ m``).
 - **Surface distances**: for every surface voxel of P, the Euclidean distance in mm from
   its centre to the nearest surface-voxel centre of G (``d_PG``), and vice versa
-  (``d_GP``). Computed as ``distance_transform_edt(~surface_G, sampling=spacing)`` read
-  at the surface voxels of P; scipy's EDT is exact, so this equals MONAI's KD-tree
-  nearest-neighbour distances (``get_surface_distance``).
+  (``d_GP``), i.e. ``distance_transform_edt(~surface_G, sampling=spacing)`` read at the
+  surface voxels of P; scipy's EDT is exact, so this equals MONAI's KD-tree
+  nearest-neighbour distances (``get_surface_distance``). (How it is computed without
+  a full-volume EDT: see below.)
 - **HD95** ``max(percentile95(d_PG), percentile95(d_GP))`` with linear interpolation:
   the maximum of the two *directed* 95th percentiles, which is MONAI's
   ``compute_hausdorff_distance(percentile=95)`` convention (not the 95th percentile of
@@ -37,25 +38,37 @@ Empty-mask policy (docs/method.md, decision 10)
 - exactly one empty: dice = iou = nsd = 0, hd95 = assd = the image's physical diagonal
   ``sqrt(sum((shape * spacing) ** 2))`` (MONAI gives NaN or inf here).
 
-Cropping, and why it changes nothing
-------------------------------------
-Before the erosion and the EDTs both masks are cropped to the bounding box of P | G plus a
-margin (``ceil(tau / spacing) + 1`` voxels per axis, clipped to the array). The result is
-identical to the uncropped computation, for any margin >= 0:
+How it is computed, and why that changes nothing
+------------------------------------------------
+Memory must not scale with the voxels between a mask and a stray voxel far away: at MSD
+size (512 x 512 x 636 voxels) an erosion + EDT over the bounding box of P | G costs about
+50 bytes per voxel (the EDT's int64/int32 feature and index arrays and its float64
+output), ~8 GB per call once a single stray voxel widens that box to the whole volume. So
+no EDT is run; instead:
 
-1. Surfaces: outside the crop everything is background, and the erosion treats voxels
-   beyond the crop border as background (``border_value=0``); so a voxel's neighbourhood
-   is seen the same inside the crop as in the full array, and beyond the *array* border
-   both treat space as background. Every surface voxel lies inside the crop.
-2. Distances: the EDT of ``~surface_G`` gives, at each voxel, the distance to the nearest
-   zero, i.e. the nearest surface voxel of G. All of G's surface voxels lie inside the
-   crop, so the nearest one is found inside the crop and the exact EDT there is the same
-   number as in the full array. Distances are only read at P's surface voxels, which
-   also lie inside the crop.
+1. Surfaces, slab by slab: each mask is cut to its *own* bounding box and eroded in slabs
+   of a few million voxels along the first axis, each with one extra slice on either
+   side (where the box has one), keeping only the slab's own voxels' surface. Every kept
+   voxel sees all its face neighbours; beyond the box everything is background, which is
+   what ``border_value=0`` assumes (and what the array border means in the definition).
+   So the surface voxels are exactly ``mask & ~binary_erosion(mask)`` of the full array;
+   they are kept as index coordinates, in C order, as boolean indexing would list them.
+2. Distances: a KD-tree (``scipy.spatial.cKDTree``) over G's surface voxel centres in mm
+   gives, for each surface voxel of P, its nearest surface voxel of G (and vice versa);
+   the distance is then computed from the integer index difference with the same float
+   operations, in the same order, as ``distance_transform_edt(~surface_G,
+   sampling=spacing)``, i.e. the EDT's value read at that voxel, and the lists are in the
+   same order, so sums and percentiles are the same numbers. (Where two different
+   surface voxels are exactly equally near, either one gives the same distance.)
+3. ``|P & G|`` is counted slab by slab over the overlap of the two bounding boxes.
 
-So the margin is not needed for exactness; it is kept (at least the tolerance) only as a
-guard against a future change (a different surface definition or structure) silently
-clipping a surface. The test suite checks cropped == uncropped.
+Memory is a few slabs' temporaries (a few MB) plus ~60 bytes per *surface* voxel, which
+grows like the surface area, not the volume; the inputs are read, never copied whole.
+The textbook computation (erosion and EDT over the whole array) is kept as
+``_metrics(..., reference=True)``; the tests check that both give identical results,
+with masks on the array border, far stray voxels and slab seams inside the masks.
+A mask that is mostly surface (noise) is the slow case: the KD-tree then holds about as
+many points as there are foreground voxels (still less memory than the EDT).
 
 ``compute_metrics_2d`` is the slice-wise mode some papers report; it is a different
 quantity and must be labelled as such wherever it is shown.
@@ -68,6 +81,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from ..errors import InputFileError
 
@@ -168,8 +182,13 @@ def metrics_from_files(pred_path, gt_path, tolerance_mm: float) -> dict:
 # --------------------------------------------------------------------------- internals
 
 
-def _metrics(p: np.ndarray, g: np.ndarray, sp: tuple, tol: float, crop: bool = True) -> dict:
-    """Metrics of two boolean masks of equal shape and dimension (2D or 3D)."""
+def _metrics(p: np.ndarray, g: np.ndarray, sp: tuple, tol: float, reference: bool = False) -> dict:
+    """Metrics of two boolean masks of equal shape and dimension (2D or 3D).
+
+    ``reference=True`` runs the textbook computation instead (erosion and two EDTs over
+    the whole array, ~50 bytes per voxel): slow and memory-hungry, kept for the tests,
+    which check that both give the same numbers.
+    """
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
     counts = {"pred_voxels": n_p, "gt_voxels": n_g}
     if n_p == 0 and n_g == 0:
@@ -177,12 +196,14 @@ def _metrics(p: np.ndarray, g: np.ndarray, sp: tuple, tol: float, crop: bool = T
     if n_p == 0 or n_g == 0:
         diag = math.sqrt(sum((n * s) ** 2 for n, s in zip(p.shape, sp)))
         return _checked(dict(dice=0.0, iou=0.0, hd95=diag, nsd=0.0, assd=diag, **counts))
-    if crop:
-        margin = [int(math.ceil(tol / s)) + 1 for s in sp]
-        box = _union_box(p, g, margin)
-        p, g = p[box], g[box]
-    inter = int(np.count_nonzero(p & g))
-    d_pg, d_gp = _surface_distances(p, g, sp)
+    box_p, box_g = _bbox(p), _bbox(g)
+    if reference:
+        inter = int(np.count_nonzero(p & g))
+        d_pg, d_gp = _surface_distances_edt(p, g, sp)
+    else:
+        inter = _count_both(p, g, box_p, box_g)
+        s_p, s_g = _surface_points(p, box_p), _surface_points(g, box_g)
+        d_pg, d_gp = _nearest_distances(s_p, s_g, sp), _nearest_distances(s_g, s_p, sp)
     f32 = np.float32(tol)
     within = np.count_nonzero(d_pg.astype(np.float32) <= f32) + np.count_nonzero(d_gp.astype(np.float32) <= f32)
     n_surf = d_pg.size + d_gp.size
@@ -196,14 +217,80 @@ def _metrics(p: np.ndarray, g: np.ndarray, sp: tuple, tol: float, crop: bool = T
     ))
 
 
+# voxels per slab for the slab-wise passes (erosion, intersection): a few MB of temporaries
+_SLAB_VOXELS = 1 << 22
+# surface points per KD-tree query batch (bounds the query's coordinate/result arrays)
+_QUERY_BATCH = 1 << 20
+
+
+def _slabs(n0: int, plane: int):
+    """(lo, hi) ranges along axis 0 of about ``_SLAB_VOXELS`` voxels each."""
+    step = max(1, _SLAB_VOXELS // max(1, plane))
+    for lo in range(0, n0, step):
+        yield lo, min(lo + step, n0)
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
-    """Foreground voxels with a background (or out-of-array) face neighbour."""
+    """Foreground voxels with a background (or out-of-array) face neighbour (full array)."""
     structure = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
-def _surface_distances(p: np.ndarray, g: np.ndarray, sp: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(d_PG, d_GP): mm distances from each surface voxel of one mask to the other's surface."""
+def _surface_points(mask: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """Index coordinates (N x ndim, int64, C order) of the surface voxels of a non-empty mask.
+
+    The same voxels as ``np.argwhere(_surface(mask))``, computed slab by slab inside the
+    mask's bounding box ``box``: a slab is eroded together with one neighbouring slice on
+    each side (where the box has one), so every kept voxel sees all its face neighbours;
+    beyond the box everything is background, as ``border_value=0`` assumes.
+    """
+    sub = mask[box]
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    offset = np.array([b.start for b in box], dtype=np.int64)
+    n0, plane = sub.shape[0], math.prod(sub.shape[1:])
+    parts = []
+    for lo, hi in _slabs(n0, plane):
+        a, b = max(lo - 1, 0), min(hi + 1, n0)
+        slab = sub[a:b]
+        surf = ndimage.binary_erosion(slab, structure=structure, border_value=0)[lo - a:hi - a]
+        np.logical_not(surf, out=surf)  # in place, in the erosion's own output
+        surf &= slab[lo - a:hi - a]
+        pts = np.argwhere(surf)
+        pts[:, 0] += lo
+        parts.append(pts)
+        del surf, slab  # before the next slab's erosion: a slab's temporaries at a time
+    pts = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    pts += offset
+    return pts
+
+
+def _nearest_distances(src: np.ndarray, dst: np.ndarray, sp: tuple) -> np.ndarray:
+    """mm distance from each point of ``src`` to the nearest point of ``dst`` (index coordinates).
+
+    The nearest point comes from a KD-tree over ``dst`` in mm; the distance is then
+    computed from the integer index difference with the same float operations, in the
+    same order, as ``scipy.ndimage.distance_transform_edt(..., sampling=sp)``, so it is the
+    number the EDT of ``~surface(dst)`` holds at each ``src`` voxel.
+    """
+    sp_ = np.asarray(sp, dtype=np.float64)
+    tree = cKDTree(dst * sp_)
+    out = np.empty(len(src), dtype=np.float64)
+    for lo in range(0, len(src), _QUERY_BATCH):
+        q = src[lo:lo + _QUERY_BATCH]
+        _, j = tree.query(q * sp_, k=1)
+        diff = dst[j] - q
+        d2 = np.zeros(len(q), dtype=np.float64)
+        for ax in range(diff.shape[1]):
+            t = diff[:, ax].astype(np.float64)
+            t *= sp_[ax]
+            t *= t
+            d2 += t
+        np.sqrt(d2, out=out[lo:lo + len(q)])
+    return out
+
+
+def _surface_distances_edt(p: np.ndarray, g: np.ndarray, sp: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Reference (d_PG, d_GP) by EDTs over the whole array: the definition, ~50 B per voxel."""
     sp_ = np.asarray(sp, dtype=np.float64)
     s_p, s_g = _surface(p), _surface(g)
     d_pg = ndimage.distance_transform_edt(~s_g, sampling=sp_)[s_p]
@@ -211,14 +298,23 @@ def _surface_distances(p: np.ndarray, g: np.ndarray, sp: tuple) -> tuple[np.ndar
     return d_pg, d_gp
 
 
-def _union_box(p: np.ndarray, g: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
-    """Bounding box of p | g (both non-empty), grown by ``margin`` voxels, clipped."""
-    union = p | g
+def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of a non-empty mask, as slices."""
     box = []
-    for ax, (n, m) in enumerate(zip(union.shape, margin)):
-        hit = np.flatnonzero(union.any(axis=tuple(i for i in range(union.ndim) if i != ax)))
-        box.append(slice(max(int(hit[0]) - m, 0), min(int(hit[-1]) + 1 + m, n)))
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != ax)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
     return tuple(box)
+
+
+def _count_both(p: np.ndarray, g: np.ndarray, box_p: tuple, box_g: tuple) -> int:
+    """``count_nonzero(p & g)`` slab by slab over the overlap of the two bounding boxes."""
+    box = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box_p, box_g))
+    if any(b.start >= b.stop for b in box):
+        return 0
+    ps, gs = p[box], g[box]
+    return sum(int(np.count_nonzero(ps[lo:hi] & gs[lo:hi]))
+               for lo, hi in _slabs(ps.shape[0], math.prod(ps.shape[1:])))
 
 
 def _as_masks(pred, gt, ndim: int) -> tuple[np.ndarray, np.ndarray]:
