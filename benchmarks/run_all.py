@@ -51,6 +51,8 @@ JOBS: dict[str, tuple[str, list[str]]] = {
     "infer_512": ("bench_infer.py", ["--size", "512", "--slices", "12", "--settings", "full"]),
     "cost": ("bench_cost.py", []),
     "quality": ("bench_quality.py", ["--seeds", "0", "1"]),  # 2 seeds: ~70 min on 2 CPU cores
+    # the rehearsal workflow (config/rehearsal.yaml, ~1 h on 2 CPU cores), predict on the longest case, FLOPs
+    "scale": ("bench_scale.py", ["--run", "--predict-longest", "--flops"]),
 }
 # (title, test file) of the reliability suites counted in RESULTS.md
 SUITES = [
@@ -137,12 +139,12 @@ def render(entries: dict) -> str:
     out += ["", "Runs: " + "; ".join(
         f"{n} {e['date']} at {e['commit']} ({e['seconds']:.0f} s{'' if e['status'] == 'ok' else ', ' + e['status']})"
         for n, e in entries.items() if n in JOBS) + ".", ""]
-    for name in ("quality", "cost"):
+    for name in ("quality", "cost", "scale"):
         sec = SECTIONS / f"{name}.md"
         if sec.is_file():
             out += [sec.read_text().rstrip(), ""]
     for name in sorted(p.stem for p in SECTIONS.glob("*.md")) if SECTIONS.is_dir() else []:
-        if name not in ("quality", "cost"):
+        if name not in ("quality", "cost", "scale"):
             out += [(SECTIONS / f"{name}.md").read_text().rstrip(), ""]
     out += ["## Reliability suites", "",
             "Run in CI with every other test (`make test`); counted here with `pytest --collect-only`.", "",

@@ -83,3 +83,65 @@ def test_count_tests_counts_what_pytest_collects(monkeypatch):
     n = sum(isinstance(node, ast.FunctionDef) and node.name.startswith("test_") for node in tree.body)
     assert n >= 4 and mod.count_tests(path) == n
     assert mod.count_tests("tests/no_such_file.py") is None
+
+
+# ------------------------------------------------------------------ bench_scale's parsing
+
+
+@pytest.fixture()
+def scale(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module("bench_scale")
+
+
+def test_scale_reads_snakemake_benchmark_files(scale, tmp_path):
+    f = tmp_path / "x.bench.tsv"
+    f.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                 "12.3456\t0:00:12\t1536.25\t2000.1\t1400.0\t1450.0\t0.1\t20.5\t95.0\t11.8\n")
+    assert scale.read_bench(f) == {"s": 12.3456, "max_rss_mb": 1536.25, "cpu_s": 11.8}
+    f.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                 "0.5\t0:00:00\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")  # a job too short to sample
+    assert scale.read_bench(f) == {"s": 0.5, "max_rss_mb": None, "cpu_s": None}
+    f.write_text("s\th:m:s\n")
+    with pytest.raises(ValueError, match="no benchmark row"):
+        scale.read_bench(f)
+
+
+def test_scale_growth_exponent(scale):
+    sizes = [1e6, 4e6, 16e6, 64e6]
+    assert scale.fit_exponent(sizes, [2 * s for s in sizes]) == pytest.approx(1.0)
+    assert scale.fit_exponent(sizes, [s ** 2 for s in sizes]) == pytest.approx(2.0)
+    assert scale.fit_exponent(sizes, [100 + 1e-6 * s for s in sizes]) < 0.5  # a fixed part dominates
+    assert scale.fit_exponent(sizes[:2], [1, 2]) is None  # fewer than 3 sizes: no fit
+    assert scale.fit_exponent([5, 5, 5], [1, 2, 3]) is None
+
+
+def test_scale_declared_memory_from_a_dry_run(scale):
+    text = ("rule prepare:\n    input: x\n    resources: tmpdir=/tmp, mem_mb=12000, mem=12 GB, runtime=120\n\n"
+            "localrule fetch_weights:\n    resources: tmpdir=/tmp, mem_mb=4000\n"
+            "rule prepare:\n    resources: tmpdir=/tmp, mem_mb=99\n"
+            "rule all:\n    resources: tmpdir=/tmp\n")
+    assert scale.parse_declared(text) == {"prepare": 12000, "fetch_weights": 4000}
+
+
+def test_scale_real_run_estimate_adds_up(scale):
+    fl = {"train_step_flops": 1e15, "infer_flops_per_slice": 1e11}
+    real = {"train": {"steps": 100, "val_every": 10, "val_max_cases": 5}, "splits": {"folds": 5, "test_fraction": 0.2},
+            "evaluate": {"modes": ["auto", "prompted"]}}
+    est = scale.real_run_estimate(fl, real)
+    assert est["train"] == pytest.approx(1e15 * 100 * 5 * 3)
+    assert est["total"] == pytest.approx(est["train"] + est["validation"] + est["evaluation"])
+    assert est["hours_at_peak"] == pytest.approx(est["total"] / scale.GPU_PEAK_FLOPS / 3600)
+    spleen_val = 1e11 * 90 * 5 * 10 * 5
+    assert est["validation"] > spleen_val
+
+
+def test_scale_reads_the_exact_peak_from_a_job_log(scale, tmp_path):
+    log = tmp_path / "j.log"
+    assert scale.read_peak(log) is None
+    log.write_text("== 2026-12-02 on host\nINFO something (3 s, peak RSS 9 MB)\n"
+                   "ok trained spleen/full/fold 0 -> out (120 s, peak RSS 10600 MB)\n"
+                   "== 2026-12-02 resumed\nok trained spleen/full/fold 0 -> out (30 s, peak RSS 10712 MB)\n")
+    assert scale.read_peak(log) == 10712.0  # the last attempt's
+    log.write_text("ok wrote 2 pages -> r\n")
+    assert scale.read_peak(log) is None

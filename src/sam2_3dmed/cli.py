@@ -6,7 +6,9 @@ non-zero exit; ``sam2-3dmed --debug COMMAND`` shows the full traceback instead.
 
 from __future__ import annotations
 
+import resource
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -28,8 +30,21 @@ app = typer.Typer(
 EXIT_USER_ERROR = 1
 
 
-def _ok(message: str) -> None:
-    # plain, unwrapped: scripts and tests read this line
+_T0 = time.perf_counter()
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory (kernel high-water mark), children included."""
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _ok(message: str, cost: bool = False) -> None:
+    """The command's one success line (plain, unwrapped: scripts and tests read it). With
+    ``cost``: the wall time and peak memory of the whole command, exact (not sampled), what
+    a scheduler's memory request must cover (benchmarks/bench_scale.py reads it from logs)."""
+    if cost:
+        message += f" ({time.perf_counter() - _T0:.0f} s, peak RSS {_peak_rss_mb():.0f} MB)"
     typer.echo(f"ok {message}", err=True)
 
 EXIT_INTERRUPTED = 130
@@ -99,7 +114,7 @@ def synth_cmd(
 
     dest = synth_task(task, out, cases=cases, test_cases=test_cases, seed=seed, size=size, overwrite=overwrite,
                       profile=profile)
-    _ok(f"synthetic {task} ({cases} cases) -> {dest}")
+    _ok(f"synthetic {task} ({cases} cases) -> {dest}", cost=True)
 
 
 @app.command("prepare")
@@ -116,7 +131,7 @@ def prepare_cmd(
 
     cfg = load_config(config)
     dest = prepare_target(task_dir, target, out, cfg, overwrite=overwrite)
-    _ok(f"prepared {target} -> {dest}")
+    _ok(f"prepared {target} -> {dest}", cost=True)
 
 
 @app.command("train")
@@ -139,7 +154,7 @@ def train_cmd(
     cfg = load_config(config)
     dest = train(cfg, target, variant, fold, out, prepared=prepared, device=device, stop_after_step=stop_after_step,
                  on_change="restart" if restart_if_changed else "error")
-    _ok(f"trained {target}/{variant}/fold {fold} -> {dest}")
+    _ok(f"trained {target}/{variant}/fold {fold} -> {dest}", cost=True)
 
 
 @app.command("predict")
@@ -163,7 +178,7 @@ def predict_cmd(
         raise UserError(f"--passes must be half or full, got {passes!r}")
     info = predict_file(model, input, output, prompt_box, prompt_point, device, base_weights,
                         largest_component, passes, series_id, overwrite)
-    _ok(f"predicted {info['target']} ({info['mode']} mode, {info['voxels']} voxels, {info['volume_ml']:.1f} ml) -> {output}")
+    _ok(f"predicted {info['target']} ({info['mode']} mode, {info['voxels']} voxels, {info['volume_ml']:.1f} ml) -> {output}", cost=True)
 
 
 @app.command("evaluate")
@@ -195,7 +210,7 @@ def evaluate_cmd(
                                      modes=tuple(mode_list) if mode_list else None, checkpoint=checkpoint,
                                      device=device, base_weights=base_weights, max_cases=max_cases,
                                      overwrite=overwrite))
-    _ok(f"evaluated {target}/{variant}/fold {fold} -> {dest}")
+    _ok(f"evaluated {target}/{variant}/fold {fold} -> {dest}", cost=True)
 
 
 @app.command("metrics")
@@ -243,7 +258,7 @@ def report_cmd(
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     dest = out or default_out_dir(cfg)
     pages = build_report(cfg, config, dest, names, runs)
-    _ok(f"wrote {len(pages)} pages -> {dest}")
+    _ok(f"wrote {len(pages)} pages -> {dest}", cost=True)
 
 
 @app.command("validate-config")
