@@ -383,7 +383,7 @@ def section(rows, declared, pred, flops, est, cfg_path, took) -> str:
                 f"both directions) = {flops['infer_flops_per_slice'] / 1e9:,.0f} GFLOPs per slice. "
                 f"`config/config.yaml`: 3 targets x {est['folds']} folds x {est['steps']:,} steps; "
                 f"{est['val_rounds']} validations per run on {est['val_max_cases']} cases; evaluation of every "
-                "non-test case in 2 modes; MSD mean slices per case: "
+                "non-test case in 2 modes; MSD cases and mean slices per case (approximate): "
                 + ", ".join(f"{t} {n} cases x {s}" for t, n, s in REAL_TASKS) + ".", "",
                 "| part | FLOPs | hours at peak |", "|---|---|---|"]
         for part in ("train", "validation", "evaluation", "total"):
