@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from ..config import target_config
+from . import resample as _resample
 from .resample import resampled_size, resize_zyx, scale_affine
 
 RAS = (("R", "A", "S"))
@@ -74,11 +75,15 @@ def from_ras(ras: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- cropping
 def bbox_with_margin(mask_zyx: np.ndarray, margin_zyx) -> tuple[list[int], list[int]]:
     """Bounding box (start, stop) in (z, y, x) of a boolean mask, grown by a margin."""
-    shape = mask_zyx.shape
+    projections = [mask_zyx.any(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+    return _bbox_from_projections(projections, mask_zyx.shape, margin_zyx)
+
+
+def _bbox_from_projections(projections, shape, margin_zyx) -> tuple[list[int], list[int]]:
+    """:func:`bbox_with_margin` from the mask's per-axis ``any`` projections."""
     start, stop = [], []
     for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        proj = np.flatnonzero(mask_zyx.any(axis=other))
+        proj = np.flatnonzero(projections[axis])
         if proj.size == 0:
             start.append(0)
             stop.append(shape[axis])
@@ -92,7 +97,7 @@ def bbox_with_margin(mask_zyx: np.ndarray, margin_zyx) -> tuple[list[int], list[
 # ---------------------------------------------------------------- forward
 @dataclass
 class PreparedCase:
-    image: np.ndarray   # (z, y, x) float in [0, 1]
+    image: np.ndarray   # (z, y, x) float in [0, 1] (float32 unless image_dtype says otherwise)
     label: np.ndarray   # (z, y, x) uint8 {0, 1}
     geometry: CaseGeometry
     hu_body: np.ndarray  # HU samples inside the body (for the fingerprint)
@@ -114,48 +119,64 @@ def prepare_arrays(
     label_interpolation: str = "linear",
     target_labels=(1,),
     rng: np.random.Generator | None = None,
+    image_dtype=np.float32,
 ) -> PreparedCase:
     """Run the forward chain on one case (HU image and integer label on the same grid).
 
-    ``label=None`` (prediction on a new scan): the crop is the body alone.
+    ``label=None`` (prediction on a new scan): the crop is the body alone. ``image_dtype``:
+    the prepared image's dtype (the [0, 1] values are computed in float32, then cast; prepare
+    passes its storage dtype so no second full-size copy is made to cast it).
+
+    Memory grows linearly with the voxels, with small constants: the inputs, one float32
+    array of the resampled size (none when the grid is unchanged), bool masks, the outputs,
+    and slab-sized temporaries.
     """
-    if label is None:
-        label = np.zeros(image.shape, dtype=np.uint8)
     ras_img, ras_affine = to_ras(image, affine)
-    ras_lab, _ = to_ras(label, affine)
     ras_shape = list(ras_img.shape)
     ras_spacing = [float(s) for s in np.linalg.norm(ras_affine[:3, :3], axis=0)]
     new_xyz = resampled_size(ras_shape, ras_spacing, spacing_mm, slice_spacing_mm)
     res_affine = scale_affine(ras_affine, ras_shape, new_xyz)
     res_spacing = [float(s) for s in np.linalg.norm(res_affine[:3, :3], axis=0)]
 
-    img_zyx = np.ascontiguousarray(ras_img.transpose(2, 1, 0), dtype=np.float32)
-    mask_zyx = np.isin(ras_lab.transpose(2, 1, 0), list(target_labels)).astype(np.float32)
-    new_zyx = new_xyz[::-1]
-    if tuple(new_zyx) != img_zyx.shape:
-        img_zyx = resize_zyx(img_zyx, new_zyx, image_interpolation)
-        if label_interpolation == "nearest":
-            mask_zyx = resize_zyx(mask_zyx, new_zyx, "nearest")
+    # Memory: the image is read as float32 a slab of slices at a time (resize_zyx, _slab_f32);
+    # at most one full-size float32 array exists (the resampled image, and none when the grid
+    # is unchanged); masks stay bool. Same results, bit for bit, as whole-volume arithmetic.
+    src_zyx = ras_img.transpose(2, 1, 0)  # a view, in the input's dtype
+    new_zyx = tuple(int(n) for n in new_xyz[::-1])
+    if label is None:
+        mask_zyx = np.zeros(new_zyx, dtype=bool)  # resampling an empty mask gives an empty mask
+    else:
+        ras_lab, _ = to_ras(label, affine)
+        lab_zyx = _LabelMask(ras_lab.transpose(2, 1, 0), target_labels)
+        if new_zyx == src_zyx.shape:
+            mask_zyx = lab_zyx[:]
+        elif label_interpolation == "nearest":
+            mask_zyx = resize_zyx(lab_zyx, new_zyx, "nearest", out_dtype=bool)
         else:
-            mask_zyx = resize_zyx(mask_zyx, new_zyx, "linear") >= 0.5
-    mask_zyx = mask_zyx.astype(bool)
+            mask_zyx = resize_zyx(lab_zyx, new_zyx, "linear", threshold=0.5)
+    img_zyx = src_zyx if new_zyx == src_zyx.shape else resize_zyx(src_zyx, new_zyx, image_interpolation)
 
     if crop_to_body:
-        body = img_zyx > body_threshold_hu
         margin = [crop_margin_mm / s for s in res_spacing[::-1]]
-        start, stop = bbox_with_margin(body | mask_zyx, [int(np.ceil(m)) for m in margin])
+        start, stop = _body_bbox(img_zyx, mask_zyx, body_threshold_hu, [int(np.ceil(m)) for m in margin])
     else:
-        body = np.ones_like(mask_zyx)
         start, stop = [0, 0, 0], list(img_zyx.shape)
     sl = tuple(slice(a, b) for a, b in zip(start, stop))
     img_c, mask_c = img_zyx[sl], mask_zyx[sl]
 
     rng = rng or np.random.default_rng(0)
-    hu_body = _sample(img_c[body[sl]], rng)
-    hu_fg = _sample(img_c[mask_c], rng)
+    body_c = (lambda a, b: _slab_f32(img_c, a, b) > body_threshold_hu) if crop_to_body else None
+    hu_body = _sample_masked(img_c, body_c, rng)
+    hu_fg = _sample_masked(img_c, lambda a, b: mask_c[a:b], rng)
 
     lo, hi = hu_window
-    scaled = (np.clip(img_c, lo, hi) - lo) / (hi - lo)
+    scaled = np.empty(img_c.shape, dtype=image_dtype)
+    for a, b in _z_slabs(img_c.shape):
+        s = np.clip(_slab_f32(img_c, a, b), lo, hi)  # a new array: the input is never modified
+        s -= lo
+        s /= hi - lo
+        scaled[a:b] = s.astype(np.float32, copy=False)  # then to image_dtype, as a float32 result would be
+    del img_zyx, img_c
 
     start_xyz, stop_xyz = start[::-1], stop[::-1]
     crop_affine = res_affine.copy()
@@ -172,7 +193,7 @@ def prepare_arrays(
         crop_stop=list(stop_xyz),
         prepared_affine=crop_affine.tolist(),
     )
-    return PreparedCase(scaled.astype(np.float32), mask_c.astype(np.uint8), geom, hu_body, hu_fg)
+    return PreparedCase(scaled, mask_c.astype(np.uint8), geom, hu_body, hu_fg)
 
 
 @dataclass(frozen=True)
@@ -200,15 +221,89 @@ class Preprocessing:
                    target_labels=tuple(tcfg["labels"]))
 
     def __call__(self, image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
-                 rng: np.random.Generator | None = None) -> PreparedCase:
+                 rng: np.random.Generator | None = None, image_dtype=np.float32) -> PreparedCase:
         """:func:`prepare_arrays` with these settings (``label=None`` for a new scan)."""
-        return prepare_arrays(image, label, affine, rng=rng, **{f: getattr(self, f) for f in self.__dataclass_fields__})
+        return prepare_arrays(image, label, affine, rng=rng, image_dtype=image_dtype,
+                              **{f: getattr(self, f) for f in self.__dataclass_fields__})
 
 
 def _sample(values: np.ndarray, rng: np.random.Generator, n: int = 10000) -> np.ndarray:
     if values.size <= n:
         return values.astype(np.float32)
     return rng.choice(values, n, replace=False).astype(np.float32)
+
+
+# ---------------------------------------------------------------- slab-wise helpers
+def _z_slabs(shape_zyx, budget: int | None = None):
+    """(start, stop) slice ranges of about ``budget`` voxels (default ``resample.CHUNK_VOXELS``)."""
+    budget = budget or _resample.CHUNK_VOXELS
+    step = max(1, budget // max(1, int(shape_zyx[1]) * int(shape_zyx[2])))
+    for a in range(0, int(shape_zyx[0]), step):
+        yield a, min(int(shape_zyx[0]), a + step)
+
+
+def _slab_f32(vol: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Slices ``a:b`` as float32 (a view when ``vol`` is float32 already: do not write to it)."""
+    return np.asarray(vol[a:b], dtype=np.float32)
+
+
+class _LabelMask:
+    """The bool mask ``isin(label, target_labels)`` of a (z, y, x) label view, computed
+    for the slices asked for (``mask[a:b]``), never for the whole volume at once."""
+
+    def __init__(self, label_zyx: np.ndarray, target_labels):
+        self.label, self.labels, self.shape = label_zyx, list(target_labels), label_zyx.shape
+
+    def __getitem__(self, sl) -> np.ndarray:
+        if sl == slice(None):
+            out = np.empty(self.shape, dtype=bool)
+            for a, b in _z_slabs(self.shape):
+                out[a:b] = np.isin(self.label[a:b], self.labels)
+            return out
+        return np.isin(self.label[sl], self.labels)
+
+
+def _body_bbox(img_zyx: np.ndarray, mask_zyx: np.ndarray, threshold: float, margin_zyx):
+    """``bbox_with_margin((img > threshold) | mask, margin)``, a slab at a time."""
+    z, y, x = img_zyx.shape
+    proj = [np.zeros(z, dtype=bool), np.zeros(y, dtype=bool), np.zeros(x, dtype=bool)]
+    for a, b in _z_slabs(img_zyx.shape):
+        u = _slab_f32(img_zyx, a, b) > threshold
+        u |= mask_zyx[a:b]
+        proj[0][a:b] = u.any(axis=(1, 2))
+        proj[1] |= u.any(axis=(0, 2))
+        proj[2] |= u.any(axis=(0, 1))
+    return _bbox_from_projections(proj, img_zyx.shape, margin_zyx)
+
+
+def _sample_masked(vol: np.ndarray, mask_of, rng: np.random.Generator, n: int = 10000) -> np.ndarray:
+    """``_sample(vol[mask], rng, n)`` without building ``vol[mask]`` whole.
+
+    ``mask_of(a, b)`` gives the bool mask of slices ``a:b`` (None: every voxel). The draw
+    is the same (``rng.choice`` of the same count picks the same indices into the values in
+    C order), so the result and the generator's state afterwards are identical.
+    """
+    def values(a, b):
+        v = _slab_f32(vol, a, b)
+        return v.ravel() if mask_of is None else v[mask_of(a, b)]
+
+    slabs = list(_z_slabs(vol.shape))
+    counts = [(b - a) * vol.shape[1] * vol.shape[2] if mask_of is None else int(np.count_nonzero(mask_of(a, b)))
+              for a, b in slabs]
+    total = sum(counts)
+    if total <= n:
+        return np.concatenate([values(a, b) for a, b in slabs] or [np.zeros(0, np.float32)]).astype(np.float32)
+    idx = rng.choice(total, n, replace=False)
+    order = np.argsort(idx, kind="stable")
+    sorted_idx = idx[order]
+    out = np.empty(n, dtype=np.float32)
+    offset = 0
+    for (a, b), count in zip(slabs, counts):
+        i0, i1 = np.searchsorted(sorted_idx, [offset, offset + count])
+        if i1 > i0:
+            out[order[i0:i1]] = values(a, b)[sorted_idx[i0:i1] - offset]
+        offset += count
+    return out
 
 
 # ---------------------------------------------------------------- inverse
