@@ -164,3 +164,65 @@ def test_dicom_bad_slices(tmp_path):
 
     single = write_dicom_series(np.zeros((6, 5, 1)), np.eye(4), tmp_path / "single")[0].parent
     assert "at least 2" in _one_line_error(single)
+
+
+# --------------------------------------------------------------------------- label reading
+
+
+def _label(shape=(30, 26, 12)):
+    lab = np.zeros(shape, np.uint8)
+    lab[4:20, 5:15, 2:9] = 1
+    lab[8:12, 6:10, 3:5] = 2
+    return lab
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+def test_labels_read_in_their_own_dtype(tmp_path, dtype):
+    from sam2_3dmed.data.io import load_label, load_label_mask, load_nifti_values
+
+    lab = _label()
+    p = save(tmp_path / "lab.nii.gz", lab, np.diag([0.8, 0.7, 2.5, 1.0]), dtype)
+    vals = load_nifti_values(p)
+    assert vals.data.dtype == np.dtype(dtype) and np.array_equal(vals.data, lab)  # no float32 detour
+    vol = load_label(p, {0, 1, 2})
+    assert vol.data.dtype == np.uint8 and np.array_equal(vol.data, lab)
+    assert vol.spacing == load_nifti(p).spacing
+    mask, mvol = load_label_mask(p, [2])
+    ref = np.isin(np.rint(load_nifti(p).data), [2]).astype(np.uint8)  # what prepared.original_label computed
+    assert mask.dtype == np.uint8 and np.array_equal(mask, ref) and mvol.data is mask
+
+
+def test_label_errors_stay_one_line_naming_the_file(tmp_path):
+    from sam2_3dmed.data.io import load_label, load_label_mask
+
+    aff = np.eye(4)
+    for values, dtype, problem in ((0.5, np.float32, "non-integer"), (np.nan, np.float32, "NaN/inf"),
+                                   (3, np.uint8, "[3]"), (-1, np.int16, "[-1]"), (1e30, np.float32, "label map")):
+        lab = _label().astype(dtype)
+        lab[0, 0, 0] = values
+        p = save(tmp_path / f"bad_{problem[:3]}.nii.gz", lab, aff)
+        with pytest.raises(InputFileError) as exc:
+            load_label(p, {0, 1, 2})
+        msg = str(exc.value)
+        assert "\n" not in msg and p.name in msg and problem in msg, msg
+    with pytest.raises(InputFileError, match="NaN/inf"):
+        load_label_mask(tmp_path / "bad_NaN.nii.gz", [1])
+
+
+def test_uint8_label_memory_is_one_byte_per_voxel(tmp_path):
+    import tracemalloc
+
+    from sam2_3dmed.data.io import load_label, load_label_mask
+
+    lab = _label((256, 256, 64))
+    p = save(tmp_path / "lab.nii.gz", lab, np.eye(4), np.uint8)
+    for fn in (lambda: load_label(p, {0, 1, 2}), lambda: load_label_mask(p, [1])):
+        tracemalloc.start()
+        try:
+            fn()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # the stored bytes (which Python's gzip reader holds twice for a moment) plus a uint8
+        # mask at most; the float32 detour took 4 + 4 + 1 bytes per voxel and more
+        assert peak < 3.5 * lab.size, f"{peak / lab.size:.1f} bytes per voxel"

@@ -169,10 +169,11 @@ def metrics_from_files(pred_path, gt_path, tolerance_mm: float) -> dict:
     The spacing is the column norms of the ground truth's affine, in array axis order.
     Returns the :func:`compute_metrics` dict plus ``spacing_mm`` and ``tolerance_mm``.
     """
-    from ..data.io import load_nifti
+    from ..data.io import load_nifti_values
 
-    pred_img = load_nifti(pred_path)
-    gt_img = load_nifti(gt_path)
+    # the files' own dtypes (a uint8 mask stays one byte per voxel, not float32's four)
+    pred_img = load_nifti_values(pred_path)
+    gt_img = load_nifti_values(gt_path)
     check_same_grid(pred_img, gt_img)
     out = compute_metrics(pred_img.data > 0, gt_img.data > 0, gt_img.spacing, tolerance_mm)
     out.update(spacing_mm=list(gt_img.spacing), tolerance_mm=float(tolerance_mm))
