@@ -325,3 +325,26 @@ def test_qualitative_orientation_is_radiological(tmp_path):
     assert cols.max() < axial.shape[1] / 2  # patient's right is on the left of the screen
     assert rows.min() >= axial.shape[0] / 2  # posterior organ is in the lower half
     assert figures.case_figure(cv, (-100, 200), "t").startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS", "PIR", "SLA"])
+def test_lazy_canonical_volume_matches_nibabel(tmp_path, axcodes):
+    """Blocks read through the proxy equal nibabel's reoriented, fully loaded array."""
+    import nibabel as nib
+
+    from sam2_3dmed.report import figures
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(-1000, 1000, (9, 7, 5)).astype(np.int16)
+    ornt = nib.orientations.axcodes2ornt(axcodes)
+    aff = np.diag([0.8, 0.7, 2.5, 1.0]) @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+    nib.save(nib.Nifti1Image(data, aff), str(tmp_path / "v.nii.gz"))
+    ref_img = nib.as_closest_canonical(nib.load(str(tmp_path / "v.nii.gz")))
+    ref = ref_img.get_fdata()
+    vol, affine = figures.load_canonical(tmp_path / "v.nii.gz")
+    assert vol.shape == ref.shape and np.allclose(affine, ref_img.affine)
+    assert np.array_equal(np.asarray(vol), ref)
+    for idx in ((slice(None), slice(None), 2), (1, slice(None), slice(None)), (slice(2, 5), 3, slice(1, 4))):
+        assert np.array_equal(vol[idx], ref[idx]), idx
+    sub = vol.crop((slice(1, 6), slice(2, 7), slice(0, 4)))
+    assert np.array_equal(sub[:, 1, :], ref[1:6, 2:7, 0:4][:, 1, :])

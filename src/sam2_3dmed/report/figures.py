@@ -172,25 +172,105 @@ class GridMismatch(ValueError):
     pass
 
 
+class CanonicalVolume:
+    """A NIfTI volume seen in the closest canonical (RAS+) orientation, read lazily.
+
+    ``vol[idx]`` (ints and step-1 slices, one per axis) reads only that block through
+    nibabel's array proxy, in the file's own dtype; ``np.asarray(vol)`` reads it all.
+    The figures read the image this way (three planes, not a float32 copy of the volume).
+    """
+
+    def __init__(self, img, window: tuple[slice, ...] | None = None):
+        import nibabel as nib
+
+        self._img = img
+        stored = tuple(img.shape[:3])
+        self._ornt = nib.orientations.io_orientation(img.affine)
+        self._stored = stored
+        axis_of = {int(new): i for i, (new, _) in enumerate(self._ornt)}  # canonical axis -> stored axis
+        self._axis = [axis_of[j] for j in range(3)]
+        full = tuple(stored[i] for i in self._axis)
+        self._window = window or tuple(slice(0, n) for n in full)
+        self.shape = tuple(w.stop - w.start for w in self._window)
+        self.ndim = 3
+        self.dtype = img.get_data_dtype()
+        self.affine = img.affine @ nib.orientations.inv_ornt_aff(self._ornt, stored)
+
+    def crop(self, sl: tuple[slice, ...]) -> "CanonicalVolume":
+        win = tuple(slice(w.start + s.start, w.start + s.stop) for w, s in zip(self._window, sl))
+        return CanonicalVolume(self._img, win)
+
+    def __getitem__(self, idx):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        idx = idx + (slice(None),) * (3 - len(idx))
+        stored_idx: list = [None] * 3
+        kept = []  # canonical axes that stay, in canonical order
+        flips = []
+        for j, (item, w) in enumerate(zip(idx, self._window)):
+            i, n = self._axis[j], self._stored[self._axis[j]]
+            flip = self._ornt[i, 1] < 0
+            if isinstance(item, (int, np.integer)):
+                k = w.start + int(item) + (self.shape[j] if item < 0 else 0)
+                stored_idx[i] = n - 1 - k if flip else k
+                continue
+            lo, hi, step = item.indices(self.shape[j])
+            if step != 1:
+                raise IndexError("only step-1 slices")
+            lo, hi = w.start + lo, w.start + max(hi, lo)
+            stored_idx[i] = slice(n - hi, n - lo) if flip else slice(lo, hi)
+            kept.append(j)
+            flips.append(flip)
+        if len(self._img.shape) == 4:
+            stored_idx.append(0)
+        arr = np.asanyarray(self._img.dataobj[tuple(stored_idx)])
+        # arr's axes are the kept stored axes in stored order; put them in canonical order
+        stored_order = sorted(kept, key=lambda j: self._axis[j])
+        arr = np.transpose(arr, [stored_order.index(j) for j in kept])
+        for pos, flip in enumerate(flips):
+            if flip:
+                arr = np.flip(arr, axis=pos)
+        return arr
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[:, :, :]
+        return arr if dtype is None else arr.astype(dtype)
+
+
 def load_canonical(path: Path):
-    """(array, affine) of a NIfTI file reoriented to the closest canonical (RAS+) orientation."""
+    """(volume, affine) of a NIfTI file in the closest canonical (RAS+) orientation.
+
+    The volume is a lazy :class:`CanonicalVolume`: nothing is read until it is indexed.
+    """
     import nibabel as nib
 
-    img = nib.as_closest_canonical(nib.load(str(path)))
-    data = img.get_fdata(dtype=np.float32, caching="unchanged")
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    return data, np.asarray(img.affine, dtype=float)
+    vol = CanonicalVolume(nib.load(str(path)))
+    return vol, np.asarray(vol.affine, dtype=float)
+
+
+def _mask_of(vol, labels=None) -> np.ndarray:
+    """A bool mask (values in ``labels``, or > 0) read in the file's dtype, one axial block at a time."""
+    out = np.zeros(vol.shape, dtype=bool)
+    for k0 in range(0, vol.shape[2], 16):
+        part = np.asarray(vol[:, :, k0:k0 + 16])
+        if labels is None:
+            out[:, :, k0:k0 + 16] = part > 0
+        else:
+            if not np.issubdtype(part.dtype, np.integer):
+                part = np.rint(part)
+            out[:, :, k0:k0 + 16] = np.isin(part, labels)
+    return out
 
 
 def case_volumes(image: tuple, label: tuple, pred: tuple, labels: list[int]) -> CaseVolumes:
+    """The case's image (lazy: only the drawn planes are read) and its two masks (bool)."""
     (img, a_img), (lab, a_lab), (prd, a_prd) = image, label, pred
     for name, (arr, aff) in {"label": (lab, a_lab), "prediction": (prd, a_prd)}.items():
-        if arr.shape != img.shape or not np.allclose(aff, a_img, atol=1e-3):
+        if tuple(arr.shape) != tuple(img.shape) or not np.allclose(aff, a_img, atol=1e-3):
             raise GridMismatch(f"the {name} is not on the image's grid (shape {arr.shape} vs {img.shape})")
     spacing = tuple(float(s) for s in np.linalg.norm(a_img[:3, :3], axis=0))
-    gt = np.isin(np.rint(lab), labels)
-    return CaseVolumes(np.asarray(img, dtype=np.float32), gt, np.asarray(prd) > 0, spacing, shape=tuple(img.shape))
+    if not isinstance(img, CanonicalVolume):
+        img = np.asarray(img)
+    return CaseVolumes(img, _mask_of(lab, labels), _mask_of(prd), spacing, shape=tuple(img.shape))
 
 
 def _crop(cv: CaseVolumes) -> CaseVolumes:
@@ -204,7 +284,8 @@ def _crop(cv: CaseVolumes) -> CaseVolumes:
         sl.append(slice(max(0, idx[0] - m), min(union.shape[ax], idx[-1] + m + 1)))
     off = tuple(s.start for s in sl)
     sl = tuple(sl)
-    return CaseVolumes(cv.image[sl], cv.gt[sl], cv.pred[sl], cv.spacing, off, cv.shape or cv.gt.shape)
+    image = cv.image.crop(sl) if isinstance(cv.image, CanonicalVolume) else cv.image[sl]
+    return CaseVolumes(image, cv.gt[sl], cv.pred[sl], cv.spacing, off, cv.shape or cv.gt.shape)
 
 
 def _display(plane: np.ndarray) -> np.ndarray:
@@ -222,7 +303,9 @@ def case_figure(cv: CaseVolumes, hu_window, title: str) -> str:
     nx, ny, nz = cv.gt.shape
     if ref.any():
         k = int(np.argmax(ref.sum(axis=(0, 1))))
-        ci, cj, _ = (int(round(c)) for c in np.argwhere(ref).mean(axis=0))
+        n_ref = int(np.count_nonzero(ref))  # the centroid from projections (np.argwhere: 24 bytes a voxel)
+        ci, cj = (int(round(int(np.dot(np.arange(ref.shape[ax]), np.count_nonzero(ref, axis=tuple(
+            a for a in range(3) if a != ax)))) / n_ref)) for ax in (0, 1))
     else:
         ci, cj, k = nx // 2, ny // 2, nz // 2
     sx, sy, sz = cv.spacing
@@ -234,13 +317,13 @@ def case_figure(cv: CaseVolumes, hu_window, title: str) -> str:
     ]
     widths = []
     for _, idx, (cw, rh), _ in views:
-        plane = cv.image[idx]
+        plane = cv.gt[idx]  # the image plane's shape; the image itself is read once, below
         widths.append(plane.shape[0] * cw / max(plane.shape[1] * rh, 1e-6))
     fig = Figure(figsize=(10.0, 3.6), layout="constrained")
     axes = fig.subplots(1, 3, width_ratios=[max(w, 0.3) for w in widths])
     lo, hi = hu_window
     for ax, (name, idx, (cw, rh), (left, right, top, bottom)) in zip(axes, views):
-        img = _display(cv.image[idx])
+        img = _display(np.asarray(cv.image[idx], dtype=np.float32))
         gt = _display(cv.gt[idx]).astype(float)
         pr = _display(cv.pred[idx]).astype(float)
         h, w = img.shape
