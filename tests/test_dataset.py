@@ -132,6 +132,68 @@ def test_deterministic_in_seed_and_index(prep):
         assert all(torch.equal(batch[k][i], a[i][k]) for k in FIELDS)
 
 
+def test_start_up_reads_no_label_and_samples_as_a_label_scan_does(prep, tmp_path, monkeypatch, caplog):
+    """The organ's slices come from fingerprint.json: no label is opened at construction, and
+    the clips are those of a folder without the field (labels scanned, as before)."""
+    import logging
+    import shutil
+    from sam2_3dmed.train import dataset as dataset_mod
+
+    ids = list_cases(prep, 0)
+    opened = []
+    real_load = np.load
+
+    def counting_load(f, *a, **kw):
+        opened.append(Path(f).name)
+        return real_load(f, *a, **kw)
+
+    monkeypatch.setattr(np, "load", counting_load)
+    monkeypatch.setattr(dataset_mod, "_scan_label", lambda *a: pytest.fail("a label was scanned"))
+    new = ClipDataset(prep, ids, 4, 64, 40, seed=5, fg_share=0.9, augment=False)
+    assert "label.npy" not in opened and opened.count("image.npy") == len(set(ids))
+    monkeypatch.undo()
+
+    old = tmp_path / "old"  # the same folder as an older prepare wrote it
+    shutil.copytree(prep, old)
+    fp = json.loads((old / "fingerprint.json").read_text())
+    for c in fp["cases"]:
+        del c["label_slice_range_prepared"]
+    (old / "fingerprint.json").write_text(json.dumps(fp))
+    with caplog.at_level(logging.INFO, logger="sam2_3dmed"):
+        scanned = ClipDataset(old, ids, 4, 64, 40, seed=5, fg_share=0.9, augment=False)
+    assert "re-run prepare to skip this" in caplog.text
+    assert new.meta == scanned.meta and any(m.fg_lo > 0 for m in new.meta.values())
+    for i in range(12):
+        a, b = new[i], scanned[i]
+        assert all(torch.equal(a[k], b[k]) for k in FIELDS)
+
+
+def test_bad_or_stale_slice_range_is_a_one_line_error(prep, tmp_path):
+    import shutil
+    from sam2_3dmed.errors import InputFileError
+
+    ids = list_cases(prep, 0)
+    bad = tmp_path / "bad"
+    shutil.copytree(prep, bad)
+    fp = json.loads((bad / "fingerprint.json").read_text())
+    n = fp["cases"][0]["prepared_shape_zyx"][0]
+    fp["cases"][0]["label_slice_range_prepared"] = [3, n]  # past the last slice
+    (bad / "fingerprint.json").write_text(json.dumps(fp))
+    with pytest.raises(InputFileError, match="label_slice_range_prepared.*re-run prepare"):
+        ClipDataset(bad, ids, 4, 64, 4)
+    fp["cases"][0]["label_slice_range_prepared"] = [3, 4]
+    fp["cases"][0]["prepared_shape_zyx"][0] = n + 1  # arrays replaced after prepare
+    (bad / "fingerprint.json").write_text(json.dumps(fp))
+    with pytest.raises(InputFileError, match="differs from prepared_shape_zyx"):
+        ClipDataset(bad, [fp["cases"][0]["case_id"]], 4, 64, 4)
+    fp["cases"][0]["prepared_shape_zyx"][0] = n
+    (bad / "fingerprint.json").write_text(json.dumps(fp))
+    cid = fp["cases"][0]["case_id"]
+    (bad / "cases" / cid / "label.npy").unlink()
+    with pytest.raises(InputFileError, match="label.npy.*missing"):
+        ClipDataset(bad, [cid], 4, 64, 4)
+
+
 def test_fg_share_one_always_has_foreground(prep):
     ds = ClipDataset(prep, list_cases(prep, 0), 6, 64, 60, fg_share=1.0, augment=False)
     for i in range(60):

@@ -76,6 +76,10 @@ def test_prepare_outputs(task, cfg, tmp_path):
         assert back.shape == ref.shape
         d = 2 * (back.astype(bool) & ref).sum() / (back.sum() + ref.sum())
         assert d >= 0.99, rec["case_id"]
+        # the organ's slices on the prepared grid, for training's clip sampler
+        z = np.flatnonzero(np.asarray(lab).any(axis=(1, 2)))
+        assert rec["label_slice_range_prepared"] == [int(z[0]), int(z[-1])], rec["case_id"]
+        assert 0 < z[0] and z[-1] < lab.shape[0] - 1  # a range inside the volume, not the whole of it
 
 
 def test_prepare_is_deterministic(task, cfg, tmp_path):
@@ -104,6 +108,9 @@ def test_empty_label_warns_and_counts(tmp_path, cfg, caplog):
     out = prepare_target(task, "spleen", tmp_path / "out", cfg)
     fp = json.loads((out / "fingerprint.json").read_text())
     assert fp["summary"]["n_empty_labels"] == 1 and fp["summary"]["empty_label_cases"] == ["spleen_2"]
+    ranges = {c["case_id"]: c["label_slice_range_prepared"] for c in fp["cases"]}
+    assert ranges["spleen_2"] is None and all(r is not None for c, r in ranges.items() if c != "spleen_2")
+    assert PreparedTarget(out).label_slice_ranges()["spleen_2"] == (-1, -1)
 
 
 def test_wrong_task_for_target(task, cfg, tmp_path):

@@ -3,7 +3,8 @@
 Output folder (created atomically; nothing is left behind on failure)::
 
     OUT/
-      fingerprint.json      per-case geometry, intensities, label volume + dataset summary
+      fingerprint.json      per-case geometry, intensities, label volume and slice range
+                            (label_slice_range_prepared) + dataset summary
       splits.json           held-out test cases and K folds (seeded)
       plan.json             the target and preprocessing settings that produced OUT
       cases/<case_id>/
@@ -78,10 +79,10 @@ def prepare_target(task_dir, target: str, out, cfg: dict, overwrite: bool = Fals
             label = load_label(case.label, allowed)
             check_same_geometry(image, label, pcfg["geometry_atol"])
             rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))  # stable across runs
-            prep = preprocess(image.data, label.data, image.affine, rng=rng)
+            prep = preprocess(image.data, label.data, image.affine, rng=rng, image_dtype=dtype)
             case_dir = tmp / "cases" / case.case_id
             case_dir.mkdir(parents=True)
-            np.save(case_dir / "image.npy", prep.image.astype(dtype))
+            np.save(case_dir / "image.npy", prep.image)
             np.save(case_dir / "label.npy", prep.label)
             (case_dir / "geometry.json").write_text(json.dumps(prep.geometry.to_dict(), indent=1))
             records.append(_case_record(case, image, label, prep, tcfg["labels"], index.root))
@@ -129,10 +130,21 @@ def _case_record(case, image, label, prep, target_labels, root: Path) -> dict:
         "label_voxels_original": n_orig,
         "label_volume_ml": n_orig * voxel_ml,
         "label_voxels_prepared": int(prep.label.sum()),
+        "label_slice_range_prepared": label_slice_range(prep.label),
         "label_values_present": sorted(int(v) for v in np.unique(label.data)),
         "hu_body": _percentiles(prep.hu_body),
         "hu_foreground": _percentiles(prep.hu_fg),
     }
+
+
+def label_slice_range(label_zyx: np.ndarray) -> list[int] | None:
+    """[first, last] slice (z) index of a prepared (z, y, x) mask with foreground, None if empty.
+
+    Stored per case in fingerprint.json (``label_slice_range_prepared``) so that training's
+    clip sampler knows the organ's slices without reading the label arrays.
+    """
+    idx = np.flatnonzero(label_zyx.reshape(label_zyx.shape[0], -1).any(axis=1))
+    return [int(idx[0]), int(idx[-1])] if idx.size else None
 
 
 def _summary(records: list[dict], empty: list[str]) -> dict:

@@ -4,7 +4,7 @@ Every stage after ``prepare`` (training, evaluation, the report) reads the folde
 artifacts through :class:`PreparedTarget`, so each file is parsed and checked in one
 place, with one-line errors that name the file::
 
-    fingerprint.json   per-case geometry, intensities, label volume; where the raw task is
+    fingerprint.json   per-case geometry, intensities, label volume and slice range; where the raw task is
     splits.json        held-out test cases and K folds
     plan.json          the settings (and target) that produced the folder
     cases/<id>/        image.npy, label.npy (memory-mappable), geometry.json
@@ -120,21 +120,32 @@ class PreparedTarget:
     # ------------------------------------------------------------ per case
     def case(self, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, CaseGeometry]:
         """(image, label, geometry) of one prepared case; arrays memory-mapped by default."""
+        return self._read_case(case_id, ("image.npy", "label.npy"), mmap)
+
+    def case_image(self, case_id: str, mmap: bool = True) -> tuple[np.ndarray, CaseGeometry]:
+        """(image, geometry) of one prepared case, the label left unopened (it must exist)."""
+        label = self.path / "cases" / case_id / "label.npy"
+        image, geom = self._read_case(case_id, ("image.npy",), mmap)
+        if not label.is_file():
+            raise InputFileError("prepared file missing; re-run prepare", label)
+        return image, geom
+
+    def _read_case(self, case_id: str, arrays: tuple[str, ...], mmap: bool) -> tuple:
         d = self.path / "cases" / case_id
         if not d.is_dir():
             raise UserError(f"no prepared case {case_id!r}", self.path)
         mode = "r" if mmap else None
-        f = d / "image.npy"
+        out = []
         try:
-            image = np.load(f, mmap_mode=mode, allow_pickle=False)
-            f = d / "label.npy"
-            label = np.load(f, mmap_mode=mode, allow_pickle=False)
+            for name in arrays:
+                f = d / name
+                out.append(np.load(f, mmap_mode=mode, allow_pickle=False))
             f = d / "geometry.json"
-            geom = CaseGeometry.from_dict(json.loads(f.read_text(encoding="utf-8")))
+            out.append(CaseGeometry.from_dict(json.loads(f.read_text(encoding="utf-8"))))
         except (OSError, ValueError, EOFError, UnicodeDecodeError, KeyError, TypeError) as exc:
             why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({_short(exc)})"
             raise InputFileError(f"prepared file {why}; re-run prepare", f) from None
-        return image, label, geom
+        return tuple(out)
 
     def case_record(self, case_id: str) -> dict:
         """The case's entry in fingerprint.json."""
@@ -142,6 +153,30 @@ class PreparedTarget:
         if rec is None:
             raise InputFileError(f"does not list case {case_id!r}", self.path / "fingerprint.json")
         return rec
+
+    def label_slice_ranges(self) -> dict[str, tuple[int, int]]:
+        """{case_id: (first, last)} slice with foreground on the prepared grid, (-1, -1) for an
+        empty label, from fingerprint.json's ``label_slice_range_prepared`` (written by prepare
+        so that training need not read the labels). Cases prepared before the field existed,
+        or a folder without fingerprint.json, are left out: the caller reads their labels."""
+        if not (self.path / "fingerprint.json").is_file():
+            return {}
+        out = {}
+        for c in self.fingerprint["cases"]:
+            if "label_slice_range_prepared" not in c:
+                continue
+            r, shape = c["label_slice_range_prepared"], c.get("prepared_shape_zyx")
+            ok = isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) for n in shape)
+            if r is None and ok:
+                out[c["case_id"]] = (-1, -1)
+            elif (ok and isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                     for v in r) and 0 <= r[0] <= r[1] < shape[0]):
+                out[c["case_id"]] = (r[0], r[1])
+            else:
+                raise InputFileError(f"case {c['case_id']!r}: label_slice_range_prepared must be null or "
+                                     f"[first, last] slices within prepared_shape_zyx, got {r!r}; re-run prepare",
+                                     self.path / "fingerprint.json")
+        return out
 
     def original_label(self, case_id: str, labels: list[int]) -> tuple[np.ndarray, Volume]:
         """The case's ORIGINAL label file, as a {0, 1} mask of ``labels`` on its own grid."""

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..config import defaults
+from ..console import log
 from ..data.prepared import PreparedTarget
 from ..data.slices import fit_to_square, to_sam_input
 from ..errors import ConfigError, InputFileError, UserError
@@ -123,6 +124,11 @@ def _scan_label(label, chunk: int = 32) -> tuple[int, int]:
     return (int(idx[0]), int(idx[-1])) if idx.size else (-1, -1)
 
 
+def _check_shapes(image, label, where: Path) -> None:
+    if image.ndim != 3 or image.shape != label.shape:
+        raise InputFileError(f"image {image.shape} and label {label.shape} must be equal (z, y, x) arrays", where)
+
+
 class ClipDataset(Dataset):
     """Clips of ``clip_length`` consecutive slices; ``dataset[i]`` depends only on (seed, i)."""
 
@@ -151,15 +157,28 @@ class ClipDataset(Dataset):
         self.fg_share = float(fg_share)
         self.reverse_prob = float(reverse_prob)
         self.augment = resolve_augment(augment)
+        # The organ's slices come from fingerprint.json (prepare stores them): no label is
+        # read here. Each image is memory-mapped (its header only) and its geometry read, so
+        # a broken case is a one-line error now rather than in a DataLoader worker later.
+        ranges = self.prepared.label_slice_ranges()
+        unique = list(dict.fromkeys(self.case_ids))
+        scan = [cid for cid in unique if cid not in ranges]
+        if scan:
+            log.info("%s: fingerprint.json has no label_slice_range_prepared for %d of %d cases (prepared by an "
+                     "older version): reading their labels to find the organ's slices; re-run prepare to skip this",
+                     self.prepared.path, len(scan), len(unique))
         self.meta: dict[str, _CaseMeta] = {}
-        for cid in self.case_ids:
-            if cid in self.meta:
-                continue
-            image, label, geom = self.prepared.case(cid, mmap=True)
-            if image.ndim != 3 or image.shape != label.shape:
-                raise InputFileError(f"image {image.shape} and label {label.shape} must be equal (z, y, x) arrays",
-                                     self.prepared.path / "cases" / cid)
-            lo, hi = _scan_label(label)
+        for cid in unique:
+            if cid in ranges:
+                image, geom = self.prepared.case_image(cid)
+                lo, hi = ranges[cid]
+                if image.ndim != 3 or image.shape != tuple(self.prepared.case_record(cid)["prepared_shape_zyx"]):
+                    raise InputFileError(f"image {image.shape} differs from prepared_shape_zyx in fingerprint.json; "
+                                         "re-run prepare", self.prepared.path / "cases" / cid / "image.npy")
+            else:
+                image, label, geom = self.prepared.case(cid, mmap=True)
+                _check_shapes(image, label, self.prepared.path / "cases" / cid)
+                lo, hi = _scan_label(label)
             sp = tuple(float(s) for s in geom.resampled_spacing)
             self.meta[cid] = _CaseMeta(int(image.shape[0]), sp, lo, hi)
         self._open: dict = {}  # per-process cache of memory-mapped arrays
@@ -177,6 +196,7 @@ class ClipDataset(Dataset):
         """(image, label) memory-mapped arrays of a case (opened once per process)."""
         if case_id not in self._open:
             image, label, _ = self.prepared.case(case_id, mmap=True)
+            _check_shapes(image, label, self.prepared.path / "cases" / case_id)
             self._open[case_id] = (image, label)
         return self._open[case_id]
 
