@@ -155,6 +155,8 @@ class Trainer:
         self.device = pick_device(device)
         self.prepared.check_target(target)
         self.train_ids = self.prepared.cases(fold, "train")
+        # the first val_max_cases of the fold's (sorted, seeded) validation list: the same cases
+        # at every validation and on resume; the setting is part of run_key
         self.val_ids = self.prepared.cases(fold, "val")[: self.tcfg["val_max_cases"] or None]
         # validation predicts whole volumes exactly as evaluate does (the infer section)
         self.val_settings = InferenceSettings.from_config(self.cfg, target)
