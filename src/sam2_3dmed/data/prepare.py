@@ -26,10 +26,19 @@ from ..atomic import atomic_dir
 from ..config import target_config
 from ..console import log, track
 from ..errors import InputFileError, UserError
-from .io import check_same_geometry, load_label, load_nifti
+from .io import Volume, check_same_geometry, load_label, load_nifti_values
 from .msd import TASKS, load_dataset_json
 from .preprocess import CaseGeometry, Preprocessing
 from .splits import make_splits
+
+
+def _load_image(path: Path) -> Volume:
+    """A CT image in the file's own dtype (MSD: int16, 2 bytes a voxel; preprocessing reads
+    it as float32 a slab at a time), float32 where the file is scaled (nibabel's float64)."""
+    vol = load_nifti_values(path)
+    if vol.data.dtype == np.float64:
+        vol.data = vol.data.astype(np.float32)
+    return vol
 
 
 def _percentiles(x: np.ndarray) -> dict:
@@ -72,7 +81,7 @@ def prepare_target(task_dir, target: str, out, cfg: dict, overwrite: bool = Fals
     with atomic_dir(out, overwrite=overwrite) as tmp:
         records = []
         for case in track(index.training, f"prepare {target}"):
-            image = load_nifti(case.image)
+            image = _load_image(case.image)
             if image.data.min() == image.data.max():
                 raise InputFileError(f"image is constant (every voxel is {float(image.data.flat[0]):g}): "
                                      "a blank or failed export?", case.image)

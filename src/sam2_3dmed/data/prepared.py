@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputFileError, UserError
-from .io import Volume, _short, load_nifti
+from .io import Volume, _short, load_label_mask
 from .preprocess import CaseGeometry
 
 SPLITS = ("train", "val", "test")
@@ -180,5 +180,4 @@ class PreparedTarget:
 
     def original_label(self, case_id: str, labels: list[int]) -> tuple[np.ndarray, Volume]:
         """The case's ORIGINAL label file, as a {0, 1} mask of ``labels`` on its own grid."""
-        vol = load_nifti(Path(self.fingerprint["task_dir"]) / self.case_record(case_id)["label"])
-        return np.isin(np.rint(vol.data), labels).astype(np.uint8), vol
+        return load_label_mask(Path(self.fingerprint["task_dir"]) / self.case_record(case_id)["label"], labels)
