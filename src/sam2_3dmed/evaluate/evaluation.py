@@ -87,8 +87,8 @@ def evaluate_case(lm: LoadedModel, prepared: PreparedTarget, case_id: str, modes
                   progress_label: str = "") -> list[dict]:
     """Predict one case in each mode, map it back, score it against its ORIGINAL label
     file; one metrics row per mode (masks written to ``predictions/`` when given)."""
-    image, label, geom = prepared.case(case_id)
-    image = np.asarray(image, dtype=np.float32)
+    # memory-mapped, in its storage dtype: inference reads it a chunk of slices at a time
+    image, label, geom = prepared.case(case_id, mmap=True)
     gt, gt_vol = prepared.original_label(case_id, labels)
     spacing = gt_vol.spacing
     if gt.shape != tuple(geom.original_shape):

@@ -257,8 +257,8 @@ class Trainer:
         """3D Dice of each validation case, whole volumes through the inference path."""
         scores = {}
         for cid in self.val_ids:
-            image, label, _ = self.prepared.case(cid)
-            prob = predict_prepared(self.model, np.asarray(image, dtype=np.float32), settings=self.val_settings,
+            image, label, _ = self.prepared.case(cid, mmap=True)  # read a chunk of slices at a time
+            prob = predict_prepared(self.model, image, settings=self.val_settings,
                                     device=self.device)
             scores[cid] = dice(prob >= self.val_settings.threshold, np.asarray(label) > 0)
         return scores
