@@ -291,7 +291,7 @@ def count_flops(cfg: dict, target: str, results: Path) -> dict:
         with FlopCounterMode(display=False, custom_mapping=CUSTOM) as fc:
             row = tr.train_step(batches)
         step = fc.get_total_flops()
-        tr.model.eval()
+        tr.model.eval().requires_grad_(False)  # else the counter's module tracker hooks autograd at inference
         n = 16  # slices: a full memory bank after 7, so the later slices cost what a long volume's do
         size = cfg["model"]["image_size"]
         vol = np.random.default_rng(0).random((n, size, size), dtype=np.float32)
@@ -339,7 +339,10 @@ def section(rows, declared, pred, flops, est, cfg_path, took) -> str:
            "one case. Wall seconds: Snakemake's `benchmark:` of the job. Max RSS: the larger of the command's own "
            "peak (the kernel's high-water mark, children included, on its `ok` line) and Snakemake's sampled "
            "maximum of the job's process tree. "
-           "*declared*: the rule's `mem_mb` (what SLURM is asked for).", "",
+           "*declared*: the rule's `mem_mb` (what SLURM is asked for). synth and prepare run one thread each and "
+           "Snakemake ran two of them at a time on the 2 cores (and the synth jobs beside other work on this "
+           "machine), so their wall times include that sharing; train and evaluate ran one at a time. The "
+           "metrics of this run mean nothing (3 steps from random init).", "",
            "| rule | job | voxels | wall s | max RSS MB | declared MB | RSS / declared | what | artifacts |",
            "|---|---|---|---|---|---|---|---|---|"]
     for rule in RULE_ORDER:
@@ -388,9 +391,15 @@ def section(rows, declared, pred, flops, est, cfg_path, took) -> str:
                 "| part | FLOPs | hours at peak |", "|---|---|---|"]
         for part in ("train", "validation", "evaluation", "total"):
             out.append(f"| {part} | {est[part] / 1e15:,.0f} PFLOPs | {est[part] / GPU_PEAK_FLOPS / 3600:,.1f} |")
-        out += ["", f"At {GPU_NAME}: at least **{est['hours_at_peak']:,.1f} GPU-hours** for the whole run. A lower "
-                "bound: uncounted elementwise work, data loading and real utilisation (typically 30-50 % of peak "
-                "for this mix of attention and convolutions) make a real run several times longer."]
+        step_s = [r.get("step_s") for r in rows if r["rule"] == "train" and r.get("step_s")]
+        cpu = (f" For scale, on this machine's CPU a training step took {np.median(step_s):.0f} s (median over "
+               f"the rehearsal's runs): {est['steps']:,} steps would be {np.median(step_s) * est['steps'] / 86400:,.0f} "
+               "days per run, which is why `config/config.yaml` pins `run.device: cuda`.") if step_s else ""
+        out += ["", f"At {GPU_NAME}: at least **{est['hours_at_peak']:,.1f} GPU-hours** for the whole run "
+                f"({est['hours_at_peak'] / 0.3:,.1f} h at 30 % of peak). A lower bound: uncounted elementwise "
+                "work, data loading, validation between steps and real utilisation (well below peak for batch-1 "
+                "clips of this mix of attention and convolutions) make a real run longer, likely by several "
+                "times." + cpu]
     out += ["", f"Script run time: {took:,.0f} s."]
     return "\n".join(out)
 
@@ -438,6 +447,8 @@ def main() -> int:
         print(f"{r['rule']:9s} {r['job']:28s} {(r['voxels'] or 0) / 1e6:8.0f} Mvox {r['s'] or 0:8.0f} s "
               f"{r['max_rss_mb'] or 0:8.0f} MB (declared {declared.get(r['rule'], '-')}) {r['detail']}")
     for rule in RULE_ORDER:
+        if rule == "train":  # its cost is steps x clip, not the validation case's voxels (table only)
+            continue
         rs = sorted((r for r in rows if r["rule"] == rule and r["voxels"]), key=lambda r: r["voxels"])
         if len(rs) >= 2 and rs[-1]["voxels"] > rs[0]["voxels"]:
             lo, hi = rs[0], rs[-1]

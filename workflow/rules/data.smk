@@ -46,6 +46,7 @@ else:
             seed=CFG["data"]["synthetic"]["seed"],
             size=CFG["data"]["synthetic"]["size"],
             profile=CFG["data"]["synthetic"]["profile"],
+        # memory: measured peak 1.9 GB (Snakemake's sampling) for 512 x 512 x 751 phantoms
         resources:
             cpus_per_task=1,
             runtime=30,
@@ -71,10 +72,12 @@ rule prepare:
         config=merged_config,
         out=lambda wc: f"{PREPARED}/{wc.target}",
         settings=lambda wc: settings(target=target_config(CFG, wc.target), prepare=CFG["prepare"], splits=CFG["splits"]),
+    # memory: measured peak 2.1 GB for a 512 x 512 x 751 task (benchmarks/RESULTS.md,
+    # Scale); the margin covers finer in-plane spacings (0.98 mm -> 0.8 mm: 1.5x the voxels)
     resources:
         cpus_per_task=1,
         runtime=120,
-        mem_mb=8000,
+        mem_mb=6000,
     shell:
         "sam2-3dmed prepare {input.task_dir:q} --target {wildcards.target:q} --out {params.out:q}"
         " --config {params.config:q} > {log:q} 2>&1"

@@ -31,6 +31,8 @@ rule evaluate:
         gpu=1,
         cpus_per_task=4,
         runtime=240,
+        # measured peak 2.5 GB for a 512 x 512 x 225 case (feature cache 2.5 MB per slice);
+        # the longest MSD case (751 slices) needs about 3x that
         mem_mb=16000,
     threads: 4
     shell:

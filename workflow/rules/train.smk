@@ -55,7 +55,9 @@ rule train:
         gpu=1,
         cpus_per_task=8,
         runtime=1440,
-        mem_mb=32000,
+        # measured peak at 512 px, Hiera-small, clips of 12: 10.0 GB on CPUs (activations in
+        # host memory; on a GPU node the host needs less), plus the loader workers' share
+        mem_mb=16000,
     # torch's CPU threads (Snakemake exports OMP_NUM_THREADS = threads; capped by --cores
     # locally and by --max-threads, SNAKEMAKE_MAX_THREADS in scripts/workflow.sh)
     threads: 8
