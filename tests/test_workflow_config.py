@@ -85,7 +85,9 @@ def test_config_overrides_deep_merge_typed_and_reach_the_jobs(proj):
     merged = merged_config_of(proc, proj)
     # Snakemake hands nested values over as strings ('5'); the jobs get numbers and booleans
     assert merged["train"]["steps"] == 5 and merged["train"]["lr"] == 0.0003 and merged["train"]["amp"] is False
-    assert merged["run"] == {"targets": ["spleen"], "variants": ["full"], "folds": [0, 1]}
+    assert {k: merged["run"][k] for k in ("targets", "variants", "folds")} == \
+        {"targets": ["spleen"], "variants": ["full"], "folds": [0, 1]}
+    assert merged["run"]["device"] == "auto" and merged["run"]["results"] is None  # the built-in defaults
     assert merged["model"]["image_size"] == 64  # from the file, untouched by the overrides
 
 
