@@ -6,7 +6,6 @@ non-zero exit; ``sam2-3dmed --debug COMMAND`` shows the full traceback instead.
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .console import console, setup_logging  # noqa: F401
+from .console import console, peak_rss_mb, setup_logging  # noqa: F401
 from .errors import UserError
 
 app = typer.Typer(
@@ -33,18 +32,12 @@ EXIT_USER_ERROR = 1
 _T0 = time.perf_counter()
 
 
-def _peak_rss_mb() -> float:
-    """The process's peak resident memory (kernel high-water mark), children included."""
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
 def _ok(message: str, cost: bool = False) -> None:
     """The command's one success line (plain, unwrapped: scripts and tests read it). With
     ``cost``: the wall time and peak memory of the whole command, exact (not sampled), what
     a scheduler's memory request must cover (benchmarks/bench_scale.py reads it from logs)."""
     if cost:
-        message += f" ({time.perf_counter() - _T0:.0f} s, peak RSS {_peak_rss_mb():.0f} MB)"
+        message += f" ({time.perf_counter() - _T0:.0f} s, peak RSS {peak_rss_mb(children=True):.0f} MB)"
     typer.echo(f"ok {message}", err=True)
 
 EXIT_INTERRUPTED = 130

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import resource
 import socket
-import sys
 
 import torch
 
+from .console import peak_rss_mb
 from .errors import UserError
 
 
@@ -33,5 +32,4 @@ def peak_memory_mb(device: torch.device) -> float:
     """CUDA peak allocated memory, or on CPU the process's peak resident set size (MB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    return peak_rss_mb()
