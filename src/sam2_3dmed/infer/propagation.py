@@ -11,11 +11,21 @@ Modes (always recorded next to the numbers they produce):
 
 * ``auto`` (no prompt): each direction starts from its first slice as an unprompted
   conditioning slice and covers the whole volume.
-* ``prompted``: a box or point on a key slice is the conditioning slice of both passes.
-  ``passes="half"`` (default, as in training and SAM2 practice) propagates from the key
-  slice outwards, superior and inferior; ``passes="full"`` runs both directions over the
-  whole volume with the prompted slice as conditioning memory (as SAM2's video predictor
-  does when asked to propagate from the first and from the last frame) and averages them.
+* ``prompted``: boxes and positive/negative clicks on one or several slices; every
+  prompted slice is a conditioning slice of both passes (an initial conditioning frame:
+  all prompts are known before propagating, as clicks added on several frames before
+  SAM2's video predictor propagates), and SAM2 attends to all of them. With prompted
+  slices ``c_min <= ... <= c_max``, ``passes="half"`` (default, as in training and SAM2
+  practice) propagates forward from ``c_min`` to the last slice and backward from
+  ``c_max`` to slice 0; slices strictly between ``c_min`` and ``c_max`` (covered by both)
+  get the mean of the two, the others the one pass that reaches them, the prompted slices
+  their conditioning output. With one prompted slice ``k`` this is forward ``k..n-1`` and
+  backward ``k-1..0``. ``passes="full"`` runs both directions over the whole volume with
+  the prompted slices as conditioning memory (as SAM2's video predictor does when asked to
+  propagate from the first and from the last frame) and averages them.
+
+:func:`predict_by_propagation` is :func:`encode_volume` then :func:`propagate_volume`;
+callers that predict several modes of one volume encode once and propagate per mode.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import torch
 
 from ..data.slices import fit_to_square, to_sam_input, unfit
 from ..model.network import SAM23dMed, SliceFeatures
-from ..model.prompts import Prompt, map_points, prompt_points
+from ..model.prompts import Prompt, map_points, merge_prompts, prompt_points
 
 FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -72,43 +82,129 @@ def feature_bytes(feats: SliceFeatures, query: torch.Tensor | None) -> int:
 
 
 def _points(prompt: Prompt, info, device):
-    """The prompt as SAM2 points on the fitted model input: (coords (1, P, 2), labels (1, P))."""
-    if prompt.box is None and prompt.point is None:
+    """The prompt as SAM2 points on the fitted model input: (coords (1, P, 2), labels (1, P)),
+    or None for a prompt with nothing in it (an unprompted conditioning slice)."""
+    if prompt.box is None and prompt.point is None and not prompt.clicks:
         return None
     coords, labels = prompt_points(prompt)
     return (torch.as_tensor(map_points(coords, info), dtype=torch.float32, device=device)[None],
             torch.as_tensor(labels, dtype=torch.int32, device=device)[None])
 
 
-def _run(model, feats, query, order, prompt_pts, cond, out: torch.Tensor, weight: float, tick=None) -> None:
-    """Propagate over ``order``; add ``weight`` * probability of each slice into ``out``."""
-    for s, raw, obj in model.propagate_iter(feats, order, query, prompt_pts, cond=cond):
-        out[s] += weight * _prob(raw, obj)[0].float().cpu()
-        if tick is not None:
-            tick()
+def _as_prompts(prompt, n: int) -> list[Prompt]:
+    """None, one Prompt or several -> one merged Prompt per slice (sorted), checked against ``n``."""
+    if prompt is None:
+        return []
+    prompts = merge_prompts([prompt] if isinstance(prompt, Prompt) else list(prompt))
+    for p in prompts:
+        if not 0 <= int(p.slice_index) < n:
+            raise ValueError(f"prompt slice {p.slice_index} outside the volume's {n} slices")
+    return prompts
+
+
+def _plan(n: int, slices: list[int], passes: str) -> list[tuple[list[int], dict[int, float]]]:
+    """The propagation passes: (order, weight per slice); a slice's probability is the
+    weighted sum over passes, weight 0 = not taken from that pass. ``slices``: the prompted
+    (conditioning) slices, sorted; [] = auto mode. A pass with nothing to take is left out."""
+    fwd, bwd = list(range(n)), list(range(n - 1, -1, -1))
+    if not slices or passes == "full":
+        return [(fwd, dict.fromkeys(fwd, 0.5)), (bwd, dict.fromkeys(bwd, 0.5))]
+    lo, hi = slices[0], slices[-1]
+    cond = set(slices)
+    both = {s: 0.5 for s in range(lo + 1, hi) if s not in cond}  # covered by both passes
+    up = {s: both.get(s, 1.0) for s in range(lo, n)}  # conditioning slices: their output, from here
+    down = {s: (0.0 if s in cond else both.get(s, 1.0)) for s in range(hi, -1, -1)}
+    plan = [(list(up), up)]
+    if any(down.values()):
+        plan.append((list(down), down))
+    return plan
+
+
+def _outputs(plan) -> int:
+    """Slice outputs taken over the passes of ``plan`` (the progress total)."""
+    return sum(1 for _order, weight in plan for w in weight.values() if w)
+
+
+def _propagate(model, feats, query, info, n: int, prompts: list[Prompt], passes: str, device, tick=None,
+               stats: dict | None = None) -> torch.Tensor:
+    """Probability (n, S, S) float32 on the fitted model input (CPU), per :func:`_plan`."""
+    size = model.image_size
+    prob = torch.zeros(n, size, size, dtype=torch.float32)
+    slices = [int(p.slice_index) for p in prompts]
+    conds = {int(p.slice_index): _points(p, info, device) for p in prompts}
+    steps = 0
+    for order, weight in _plan(n, slices, passes):
+        pass_conds = conds or {order[0]: None}  # auto: the pass's first slice, unprompted
+        steps += len(set(order) | set(pass_conds))  # decoder runs
+        for s, raw, obj in model.propagate_iter(feats, order, query, conds=pass_conds):
+            w = weight[s]
+            if not w:
+                continue
+            prob[s] += w * _prob(raw, obj)[0].float().cpu()
+            if tick is not None:
+                tick()
+    if stats is not None:
+        stats.update(slices=n, steps=steps)
+    return prob
+
+
+def _unfit(prob: torch.Tensor, info, chunk: int) -> np.ndarray:
+    outs = [unfit(prob[i:i + chunk], info, mode="bilinear") for i in range(0, prob.shape[0], chunk)]
+    return torch.cat(outs).numpy().astype(np.float32, copy=False)
 
 
 @torch.no_grad()
-def predict_by_propagation(model: SAM23dMed, image_zyx: np.ndarray, prompt: Prompt | None = None,
+def propagate_volume(model: SAM23dMed, feats: SliceFeatures, query: torch.Tensor | None, info, n: int,
+                     prompt: "Prompt | list[Prompt] | None", passes: str, device: str | torch.device,
+                     progress=None, chunk: int | None = None, stats: dict | None = None) -> np.ndarray:
+    """Probability map (z, y, x) float32 on the prepared grid from the features of
+    :func:`encode_volume` (``feats``, ``query``, ``info``) of an ``n``-slice volume.
+
+    ``prompt``: None (auto mode), one :class:`Prompt` or several (merged per slice with
+    :func:`~sam2_3dmed.model.prompts.merge_prompts`); ``passes`` "half" or "full" (module
+    docstring). ``progress(done, total)`` is called per slice output; ``stats`` (a dict)
+    receives ``slices`` and ``steps`` (decoder runs). ``chunk``: slices mapped back at a time.
+    """
+    if passes not in ("half", "full"):
+        raise ValueError(f"passes must be 'half' or 'full', got {passes!r}")
+    prompts = _as_prompts(prompt, n)
+    was_training = model.training
+    model.eval()
+    try:
+        total, done = _outputs(_plan(n, [int(p.slice_index) for p in prompts], passes)), [0]
+
+        def tick() -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        prob = _propagate(model, feats, query, info, n, prompts, passes, device, tick, stats)
+        return _unfit(prob, info, chunk or auto_chunk(model.image_size, device))
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict_by_propagation(model: SAM23dMed, image_zyx: np.ndarray, prompt: "Prompt | list[Prompt] | None" = None,
                            chunk: int | None = None, device: str | torch.device = "cpu",
                            feature_dtype: str = "float32", passes: str = "half", progress=None,
                            stats: dict | None = None) -> np.ndarray:
-    """Probability map (z, y, x) float32 on the prepared grid for a (z, y, x) image in [0, 1].
+    """Probability map (z, y, x) float32 on the prepared grid for a (z, y, x) image in [0, 1]:
+    :func:`encode_volume` then :func:`propagate_volume`.
 
+    ``prompt``: None (auto mode), one :class:`Prompt` or several (merged per slice).
     ``progress(done, total)`` is called as slices are encoded and propagated; ``stats``
     (a dict) receives the feature cache size in bytes and the number of propagation steps.
     """
     if passes not in ("half", "full"):
         raise ValueError(f"passes must be 'half' or 'full', got {passes!r}")
+    n = int(image_zyx.shape[0])
+    prompts = _as_prompts(prompt, n)
     was_training = model.training
     model.eval()
     try:
-        n = int(image_zyx.shape[0])
-        size = model.image_size
-        chunk = chunk or auto_chunk(size, device)
-        both_full = prompt is None or passes == "full"
-        steps = 2 * n if both_full else n + 1  # half: the key slice conditions both halves
-        total = n + (2 * n if both_full else n)  # slices encoded + slice outputs
+        chunk = chunk or auto_chunk(model.image_size, device)
+        total = n + _outputs(_plan(n, [int(p.slice_index) for p in prompts], passes))  # encoded + outputs
         done = [0]
 
         def report(value: int) -> None:
@@ -120,40 +216,14 @@ def predict_by_propagation(model: SAM23dMed, image_zyx: np.ndarray, prompt: Prom
             report(done[0] + 1)
 
         feats, query, info = encode_volume(model, image_zyx, chunk, device, feature_dtype, progress=report)
-        prob = torch.zeros(n, size, size, dtype=torch.float32)
-        fwd, bwd = list(range(n)), list(range(n - 1, -1, -1))
-        if prompt is None:
-            _run(model, feats, query, fwd, None, None, prob, 0.5, tick)
-            _run(model, feats, query, bwd, None, None, prob, 0.5, tick)
-        else:
-            k = int(prompt.slice_index)
-            if not 0 <= k < n:
-                raise ValueError(f"prompt slice {k} outside the volume's {n} slices")
-            pts = _points(prompt, info, device)
-            if passes == "full":
-                _run(model, feats, query, fwd, pts, k, prob, 0.5, tick)
-                _run(model, feats, query, bwd, pts, k, prob, 0.5, tick)
-            else:
-                _run(model, feats, query, list(range(k, n)), pts, k, prob, 1.0, tick)
-                _half_back(model, feats, query, k, pts, prob, tick)
+        run: dict = {}
+        prob = _propagate(model, feats, query, info, n, prompts, passes, device, tick, run)
         if stats is not None:
-            stats.update(feature_cache_bytes=feature_bytes(feats, query), slices=n, steps=steps)
+            stats.update(feature_cache_bytes=feature_bytes(feats, query), slices=n, steps=run["steps"])
         del feats, query
-        outs = [unfit(prob[i:i + chunk], info, mode="bilinear") for i in range(0, n, chunk)]
-        return torch.cat(outs).numpy().astype(np.float32, copy=False)
+        return _unfit(prob, info, chunk)
     finally:
         model.train(was_training)
-
-
-def _half_back(model, feats, query, k, pts, prob, tick) -> None:
-    """Inferior half: from the key slice down to 0; the key slice's output is kept from
-    the superior half (same conditioning computation)."""
-    if k == 0:
-        return
-    for s, raw, obj in model.propagate_iter(feats, list(range(k, -1, -1)), query, pts, cond=k):
-        if s != k:
-            prob[s] += _prob(raw, obj)[0].float().cpu()
-            tick()
 
 
 def _prob(logits: torch.Tensor, obj_logits: torch.Tensor) -> torch.Tensor:

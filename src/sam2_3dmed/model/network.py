@@ -4,8 +4,8 @@ BD-fusion. See method.md for the design and every decision marked [ours].
 
 One slice-propagation routine serves training clips and whole volumes:
 :meth:`SAM23dMed.encode` embeds slices (once), :meth:`SAM23dMed.propagate` runs SAM2's
-memory mechanism over the slices in a given order, starting from a conditioning slice
-(with a box/point prompt in ``prompted`` mode, without one in ``auto`` mode).
+memory mechanism over the slices in a given order, starting from one or several
+conditioning slices (with box/click prompts in ``prompted`` mode, without one in ``auto`` mode).
 """
 
 from __future__ import annotations
@@ -122,23 +122,36 @@ class SAM23dMed(nn.Module):
     # ------------------------------------------------------------------ propagation
     def propagate_iter(self, feats: SliceFeatures, order: list[int], bd_query: torch.Tensor | None = None,
                        prompt=None, batch: int = 1, keep_memory: int | None = None, *, cond: int | None = None,
-                       reverse: bool | None = None, num_frames: int | None = None):
+                       conds: dict | None = None, reverse: bool | None = None, num_frames: int | None = None):
         """Run SAM2 memory propagation over slices ``order``; yield (slice, logits, obj).
 
         ``feats`` hold ``batch * n_slices`` slices laid out (batch, slice), possibly stored in a
         compact dtype (they are cast to the model's dtype one slice at a time); ``order``
-        indexes slices within one batch item. The conditioning slice ``cond`` (default
-        ``order[0]``) is processed first, with ``prompt`` = (coords (B, P, 2), labels (B, P))
-        or without one (auto mode); if it also appears later in ``order`` its output is
-        yielded again there, not recomputed (as SAM2's video predictor does). Memory is keyed
-        by slice index, so the "previous" slice is s - 1, or s + 1 with ``reverse`` (default:
-        the order descends), exactly SAM2's ``track_in_reverse``. Yields per slice in
-        ``order``: raw mask logits (B, S, S) and object logits (B,).
+        indexes slices within one batch item.
+
+        Conditioning slices: ``conds`` maps slice index -> SAM2 points for that slice,
+        (coords (B, P, 2), labels (B, P)), or None for an unprompted conditioning slice
+        (auto mode). Without ``conds``, the one conditioning slice is ``cond`` (default
+        ``order[0]``) with ``prompt`` (or none), i.e. ``conds={cond: prompt}``. Every
+        conditioning slice is processed first, in index order, as an initial conditioning
+        frame (no memory: all prompts are known up front, as points added before any
+        propagation in SAM2's video predictor); when ``order`` reaches one its output is
+        yielded there, not recomputed. The other slices attend to the conditioning slices'
+        memory (SAM2 selects them, ``max_cond_frames_in_attn``) and to the recent
+        non-conditioning memory, keyed by slice index: the "previous" slice is s - 1, or
+        s + 1 with ``reverse`` (default: the order descends), exactly SAM2's
+        ``track_in_reverse``. Yields per slice in ``order``: raw mask logits (B, S, S) and
+        object logits (B,).
         """
         sam = self.sam
         n = feats.low.shape[0] // batch
         num_frames = num_frames or n
-        cond = order[0] if cond is None else cond
+        if conds is None:
+            conds = {order[0] if cond is None else cond: prompt}
+        elif cond is not None or prompt is not None:
+            raise ValueError("give conds, or cond/prompt, not both")
+        if not conds:
+            raise ValueError("propagation needs at least one conditioning slice")
         if reverse is None:
             reverse = len(order) > 1 and order[1] < order[0]
         step = -1 if reverse else 1
@@ -147,17 +160,17 @@ class SAM23dMed(nn.Module):
         dtype = next(self.sam.sam_mask_decoder.parameters()).dtype
         cast = feats.low.dtype != dtype and not torch.is_autocast_enabled()  # compact storage
         out_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        cond_result = None
-        seq = order if order[0] == cond else [cond, *order]
-        for s in seq:
-            if s == cond and cond_result is not None:  # the order reaches the conditioning slice
-                yield (s, *cond_result)
+        cond_results = {}
+        for s in [*sorted(conds), *order]:
+            if s in conds and s in cond_results:  # the order reaches a conditioning slice
+                yield (s, *cond_results[s])
                 continue
             idx = torch.arange(batch, device=feats.low.device) * n + s
             f = feats.select(idx).to(dtype) if cast else feats.select(idx)
             flat = f.low.flatten(2).permute(2, 0, 1)  # (hw, B, C)
             pos = f.pos.expand(batch, -1, -1, -1).flatten(2).permute(2, 0, 1)
-            is_cond = s == cond
+            is_cond = s in conds
+            pts = conds[s] if is_cond else None
             pix = sam._prepare_memory_conditioned_features(
                 frame_idx=s, is_init_cond_frame=is_cond, current_vision_feats=[flat],
                 current_vision_pos_embeds=[pos], feat_sizes=[(h, w)], output_dict=out_dict,
@@ -166,20 +179,18 @@ class SAM23dMed(nn.Module):
             if self.fusion is not None:
                 q = bd_query[idx].to(dtype) if cast else bd_query[idx]
                 pix = self.fusion(pix, q, f.low, f.pos.expand(batch, -1, -1, -1))
-            raw, masked, obj_logit, obj_ptr, _ = self._heads(pix, f, prompt if is_cond else None)
+            raw, masked, obj_logit, obj_ptr, _ = self._heads(pix, f, pts)
             mem, mem_pos = sam._encode_new_memory(
                 current_vision_feats=[flat], feat_sizes=[(h, w)], pred_masks_high_res=masked,
-                object_score_logits=obj_logit[:, None], is_mask_from_pts=is_cond and prompt is not None,
+                object_score_logits=obj_logit[:, None], is_mask_from_pts=pts is not None,
             )
             entry = {"maskmem_features": mem, "maskmem_pos_enc": mem_pos, "obj_ptr": obj_ptr}
             if is_cond:
                 out_dict["cond_frame_outputs"][s] = entry
-                cond_result = (raw, obj_logit)
-                if order[0] != cond:
-                    continue  # yielded when the order reaches it
-            else:
-                out_dict["non_cond_frame_outputs"][s] = entry
-                out_dict["non_cond_frame_outputs"].pop(s - step * keep, None)  # bounded memory on long volumes
+                cond_results[s] = (raw, obj_logit)
+                continue  # yielded when the order reaches it
+            out_dict["non_cond_frame_outputs"][s] = entry
+            out_dict["non_cond_frame_outputs"].pop(s - step * keep, None)  # bounded memory on long volumes
             yield s, raw, obj_logit
 
     def propagate(self, feats: SliceFeatures, order: list[int], bd_query: torch.Tensor | None = None,

@@ -11,6 +11,11 @@ slice onto the fitted S x S model input (see :mod:`sam2_3dmed.data.slices`).
 SAM2 convention (``SAM2ImagePredictor`` / ``SAM2VideoPredictor.add_new_points_or_box``):
 a box is two points labelled 2 (top-left) and 3 (bottom-right), placed *before* any
 clicks; a positive click is labelled 1 (negative 0); -1 marks a padding point (no prompt).
+
+Several prompts may be given on several slices (as clicks on several frames of SAM2's
+video predictor): one :class:`Prompt` per slice, at most one box each, any number of
+positive/negative clicks (:func:`merge_prompts`); every prompted slice is a conditioning
+slice of the propagation (``infer/propagation.py``).
 """
 
 from __future__ import annotations
@@ -30,11 +35,18 @@ PADDING = -1
 
 @dataclass
 class Prompt:
-    """A prompt on one slice of the prepared grid, in that slice's pixel coordinates."""
+    """A prompt on one slice of the prepared grid, in that slice's pixel coordinates.
+
+    ``box`` and ``point`` (one positive click) are what training and evaluation simulate;
+    ``clicks`` adds further clicks ``(x, y, label)`` on the same slice, label 1 positive,
+    0 negative. A prompt with only negative clicks is allowed (SAM2 allows it); one with
+    nothing marks an unprompted conditioning slice.
+    """
 
     slice_index: int
     box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
     point: tuple[float, float] | None = None  # x, y (positive click)
+    clicks: tuple[tuple[float, float, int], ...] = ()  # (x, y, label 1/0), after the point
 
     @property
     def kind(self) -> str:
@@ -146,10 +158,96 @@ def prompt_from_label(label_zyx, kind: str) -> Prompt | None:
     return Prompt(k, point=tuple(float(v) for v in point_from_mask(lab[k])))
 
 
+def prompts_from_label(label_zyx, kind: str, k: int) -> list[Prompt]:
+    """Evaluation's ``k`` simulated prompts on ``k`` slices from the ground truth
+    (deterministic); [] if the label is empty.
+
+    ``k = 1``: exactly ``[prompt_from_label(label, kind)]`` (the key slice). ``k > 1``: the
+    key slice (largest cross-section) plus ``k - 1`` slices spread over the organ's slice
+    range ``[first, last]`` (first and last non-empty slice): ``k`` positions at the
+    centres of ``k`` equal parts of the range, ``first - 0.5 + (j + 0.5) (last - first + 1) / k``;
+    the position nearest to the key slice is dropped (the key slice stands for it), and each
+    other one, in order, takes the nearest non-empty slice not yet taken (lower index among
+    ties). An organ on at most ``k`` slices gets all of them. Each slice gets a tight box
+    (``kind="box"``) or its deepest interior click (``"point"``) of that slice's mask, as
+    :func:`prompt_from_label`. Returned sorted by slice.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k == 1:
+        p = prompt_from_label(label_zyx, kind)
+        return [] if p is None else [p]
+    lab = np.asarray(label_zyx) > 0
+    nonempty = np.flatnonzero(slice_areas(lab) > 0)
+    if nonempty.size == 0:
+        return []
+    key = key_slice(lab)
+    if nonempty.size <= k:
+        chosen = [int(s) for s in nonempty]
+    else:
+        first, last = int(nonempty[0]), int(nonempty[-1])
+        pos = first - 0.5 + (np.arange(k) + 0.5) * (last - first + 1) / k
+        pos = np.delete(pos, int(np.argmin(np.abs(pos - key))))
+        chosen, free = [key], [int(s) for s in nonempty if s != key]
+        for p in pos:
+            s = min(free, key=lambda t: (abs(t - p), t))
+            free.remove(s)
+            chosen.append(s)
+    out = []
+    for s in sorted(chosen):
+        if kind == "box":
+            out.append(Prompt(s, box=tuple(float(v) for v in box_from_mask(lab[s]))))
+        else:
+            out.append(Prompt(s, point=tuple(float(v) for v in point_from_mask(lab[s]))))
+    return out
+
+
+def merge_prompts(prompts) -> list[Prompt]:
+    """Prompts grouped per slice, sorted by slice index: one :class:`Prompt` per slice.
+
+    A slice with one prompt keeps it as given. Several prompts on one slice merge into one:
+    the box (at most one per slice: two raise ValueError naming the slice), the first
+    ``point``, then the further points (as positive clicks) and all clicks in the order given.
+    """
+    groups: dict[int, list[Prompt]] = {}
+    for p in prompts:
+        groups.setdefault(int(p.slice_index), []).append(p)
+    out = []
+    for s in sorted(groups):
+        group = groups[s]
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        boxes = [p.box for p in group if p.box is not None]
+        if len(boxes) > 1:
+            raise ValueError(f"{len(boxes)} boxes on slice {s}; at most one box per slice")
+        point, clicks = None, []
+        for p in group:
+            if p.point is not None:
+                if point is None:
+                    point = p.point
+                else:
+                    clicks.append((float(p.point[0]), float(p.point[1]), POSITIVE))
+            clicks.extend(p.clicks)
+        out.append(Prompt(s, box=boxes[0] if boxes else None, point=point, clicks=tuple(clicks)))
+    return out
+
+
 def prompt_points(prompt: Prompt) -> tuple[np.ndarray, np.ndarray]:
-    """A :class:`Prompt` as SAM2 points on its slice: (coords (P, 2), labels (P,))."""
-    coords, labels = to_sam_points(box=prompt.box, point=prompt.point)
-    return coords[0], labels[0]
+    """A :class:`Prompt` as SAM2 points on its slice: (coords (P, 2) float32, labels (P,)
+    int32): the box first (labels 2, 3), then ``point`` (1), then ``clicks`` in order."""
+    coords, labels = [], []
+    if prompt.box is not None or prompt.point is not None:
+        c, lab = to_sam_points(box=prompt.box, point=prompt.point)
+        coords, labels = list(c[0]), list(lab[0])
+    for click in prompt.clicks:
+        if len(click) != 3 or int(click[2]) not in (POSITIVE, NEGATIVE) or click[2] != int(click[2]):
+            raise ValueError(f"a click is (x, y, label) with label 1 or 0, got {click!r} on slice {prompt.slice_index}")
+        coords.append(np.asarray(click[:2], dtype=np.float32))
+        labels.append(int(click[2]))
+    if not coords:
+        raise ValueError(f"the prompt on slice {prompt.slice_index} has no box, point or click")
+    return np.stack(coords).astype(np.float32), np.asarray(labels, dtype=np.int32)
 
 
 def clip_prompts(key_masks, use_box: bool, rng: np.random.Generator, jitter: float) -> tuple[np.ndarray, np.ndarray]:
