@@ -18,6 +18,7 @@ from sam2_3dmed.data.preprocess import Preprocessing, prepare_arrays
 from sam2_3dmed.errors import UserError
 from sam2_3dmed.infer import inference as I
 from sam2_3dmed.infer import predict as P
+from sam2_3dmed.infer import user_prompts as U
 from sam2_3dmed.infer.inference import dice
 from sam2_3dmed.model.factory import build_model
 from sam2_3dmed.model.prompts import box_from_mask, key_slice
@@ -66,8 +67,8 @@ def test_box_prompt_in_input_voxels_lands_on_the_organ(perm_flip):
     prep = cfg_prep(image, label, aff, cfg)
     k = label.shape[2] // 2
     ii, jj = np.nonzero(label[:, :, k])
-    spec = P.parse_prompt(f"{k},{ii.min()},{jj.min()},{ii.max()},{jj.max()}", None)
-    prompt = P.prompt_to_prepared(*spec, prep.geometry, label.shape, Path("x.nii.gz"))
+    specs = U.parse_prompts([f"{k},{ii.min()},{jj.min()},{ii.max()},{jj.max()}"])
+    [prompt] = U.prompts_to_prepared(specs, prep.geometry, label.shape, Path("x.nii.gz"))
     # the same slice of the prepared label has (almost) the same box
     ref = box_from_mask(prep.label[prompt.slice_index] > 0)
     assert np.allclose(prompt.box, ref, atol=1.6), (prompt.box, ref)
@@ -78,15 +79,16 @@ def test_point_prompt_and_refusals():
     image, label, aff = case(oblique_affine(perm_flip=LPS))
     prep = cfg_prep(image, label, aff, cfg)
     c = np.array(label.shape) // 2
-    p = P.prompt_to_prepared(*P.parse_prompt(None, f"{c[2]},{c[0]},{c[1]}"), prep.geometry, label.shape, Path("x"))
+    [p] = U.prompts_to_prepared(U.parse_prompts(points=[f"{c[2]},{c[0]},{c[1]}"]), prep.geometry, label.shape,
+                                Path("x"))
     assert prep.label[p.slice_index, int(round(p.point[1])), int(round(p.point[0]))] == 1
     with pytest.raises(UserError, match="outside the image"):
-        P.prompt_to_prepared("point", [c[2], 500, 3], prep.geometry, label.shape, Path("x"))
+        U.prompts_to_prepared([U.UserPrompt("point", c[2], (500, 3))], prep.geometry, label.shape, Path("x"))
     with pytest.raises(UserError, match="x0 <= x1"):
-        P.prompt_to_prepared("box", [3, 10, 10, 5, 20], prep.geometry, label.shape, Path("x"))
-    for box, point in (("1,2,3", None), ("a,b,c,d,e", None), ("1,2,3,4,5", "1,2,3"), (None, "1,2,nan")):
+        U.prompts_to_prepared([U.UserPrompt("box", 3, (10, 10, 5, 20))], prep.geometry, label.shape, Path("x"))
+    for box, point in ((["1,2,3"], []), (["a,b,c,d,e"], []), ([], ["1,2,nan"])):
         with pytest.raises(UserError):
-            P.parse_prompt(box, point)
+            U.parse_prompts(box, point)
 
 
 def test_prompt_must_lie_on_an_axial_slice():
@@ -94,7 +96,7 @@ def test_prompt_must_lie_on_an_axial_slice():
     image, label, aff = case(oblique_affine(perm_flip=SLICE_FIRST, spacing=(3.0, 0.8, 0.8), angle=0.0), shape=(24, 72, 80))
     prep = cfg_prep(image, label, aff, cfg)
     with pytest.raises(UserError, match="not on one axial slice"):
-        P.prompt_to_prepared("box", [40, 5, 10, 15, 30], prep.geometry, label.shape, Path("x"))
+        U.prompts_to_prepared([U.UserPrompt("box", 40, (5, 10, 15, 30))], prep.geometry, label.shape, Path("x"))
 
 
 # ---------------------------------------------------------------- post-processing
@@ -119,10 +121,10 @@ def test_prediction_returns_on_the_input_grid(perm_flip, spacing, checkpoint, mo
     lm = load_model(checkpoint, "cpu")
     lo, hi = lm.config["targets"]["spleen"]["hu_window"]
 
-    def oracle(model, image_zyx, *args, **kw):
-        return (np.asarray(image_zyx) > (80 - lo) / (hi - lo)).astype(np.float32)
+    def oracle(models, image_zyx, prompts_by_mode, *args, **kw):
+        return {m: (np.asarray(image_zyx) > (80 - lo) / (hi - lo)).astype(np.float32) for m in prompts_by_mode}
 
-    monkeypatch.setattr(I, "predict_prepared", oracle)
+    monkeypatch.setattr(I, "predict_prepared_modes", oracle)
     prep = Preprocessing.from_config(lm.config, "spleen")(image, None, aff)
     mask = I.predict_volume(lm, prep.image, prep.geometry, I.InferenceSettings.from_config(lm.config, "spleen"))
     assert mask.shape == label.shape

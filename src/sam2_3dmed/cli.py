@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -150,28 +150,54 @@ def train_cmd(
     _ok(f"trained {target}/{variant}/fold {fold} -> {dest}", cost=True)
 
 
-@app.command("predict")
+PREDICT_EPILOG = """\b
+Examples (as with nnUNetv2_predict: a folder in, a folder out):
+  # every scan of a folder, with the ensemble of a run's five folds
+  sam2-3dmed predict results/runs/spleen/full imagesTs/ predictions/
+  # one scan, two checkpoints averaged, probabilities kept
+  sam2-3dmed predict fold0/best.pt ct.nii.gz mask.nii.gz --model fold1/best.pt --save-probabilities
+  # prompted: a box on slice 40 and a positive click on slice 52 (input voxel indices)
+  sam2-3dmed predict fold0/best.pt ct.nii.gz mask.nii.gz --prompt-box 40,100,120,180,200 --prompt-point 52,140,160
+\b
+Prompts are in the input's voxel indices: x = 1st array axis, y = 2nd, z = 3rd (the
+axial slice), 0-based, as in nibabel's dataobj[x, y, z]. A prompts file holds
+{"boxes": [[z, x0, y0, x1, y1], ...], "points": [[z, x, y], ...], "negatives": [[z, x, y], ...]}.
+"""
+
+
+@app.command("predict", epilog=PREDICT_EPILOG)
 def predict_cmd(
-    model: Path = typer.Argument(..., help="A trained checkpoint (best.pt or last.pt of a run)."),
-    input: Path = typer.Argument(..., help="CT scan: NIfTI (.nii/.nii.gz), NRRD/MHA, or a folder with one DICOM series."),
-    output: Path = typer.Argument(..., help="Label map to write (.nii.gz): exactly the input's grid and affine."),
-    prompt_box: Optional[str] = typer.Option(None, "--prompt-box", help="z,x0,y0,x1,y1 in the input's voxel indices (x = 1st array axis, y = 2nd, z = 3rd, 0-based)."),
-    prompt_point: Optional[str] = typer.Option(None, "--prompt-point", help="z,x,y: one positive click in the input's voxel indices."),
+    model: Path = typer.Argument(..., help="A trained checkpoint (best.pt), a fold's run folder, or a run folder holding fold*/ (the ensemble of its folds)."),
+    input: Path = typer.Argument(..., help="A CT scan (NIfTI .nii/.nii.gz, NRRD, MHA, or a DICOM series folder), or a folder of them."),
+    output: Path = typer.Argument(..., help="The label map (.nii.gz, exactly the input's grid and affine), or a folder (OUTPUT/<name>.nii.gz) when INPUT is a folder."),
+    models: Optional[List[Path]] = typer.Option(None, "--model", help="Another checkpoint or run folder for the ensemble (repeatable); probabilities are averaged."),
+    prompt_box: Optional[List[str]] = typer.Option(None, "--prompt-box", help="z,x0,y0,x1,y1: a box on slice z (repeatable, one per slice)."),
+    prompt_point: Optional[List[str]] = typer.Option(None, "--prompt-point", help="z,x,y: a positive click (repeatable)."),
+    prompt_negative: Optional[List[str]] = typer.Option(None, "--prompt-negative", help="z,x,y: a negative click, 'not the organ' (repeatable)."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A JSON file of boxes, points and negatives (see below)."),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write the fused foreground probability, <name>_prob.nii.gz: uint8 with scale 1/255 in the header (readers return 0..1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     base_weights: Optional[Path] = typer.Option(None, "--base-weights", help="SAM2 weights the model was trained on (default: model.checkpoint of its config)."),
     largest_component: Optional[bool] = typer.Option(None, "--largest-component/--all-components", help="Keep only the largest connected component (default: the target's config)."),
-    passes: Optional[str] = typer.Option(None, "--passes", help="Prompted mode: half (from the prompt slice outwards) or full (both directions over the whole volume)."),
-    series_id: Optional[str] = typer.Option(None, "--series-id", help="DICOM SeriesInstanceUID when the folder holds several series."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUTPUT."),
+    passes: Optional[str] = typer.Option(None, "--passes", help="Prompted mode: half (from the prompted slices outwards) or full (both directions over the whole volume)."),
+    series_id: Optional[str] = typer.Option(None, "--series-id", help="DICOM SeriesInstanceUID when a folder holds several series."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a folder run otherwise skips cases already written)."),
 ) -> None:
-    """Segment one scan (auto mode, or prompted with a box/point) and write the mask on its grid."""
-    from .infer.predict import predict_file
+    """Segment a scan or a folder of scans (auto mode, or prompted with boxes/clicks) with one model or an ensemble."""
+    from .infer.predict import PredictOptions, predict
+    from .infer.user_prompts import parse_prompts
 
     if passes not in (None, "half", "full"):
         raise UserError(f"--passes must be half or full, got {passes!r}")
-    info = predict_file(model, input, output, prompt_box, prompt_point, device, base_weights,
-                        largest_component, passes, series_id, overwrite)
-    _ok(f"predicted {info['target']} ({info['mode']} mode, {info['voxels']} voxels, {info['volume_ml']:.1f} ml) -> {output}", cost=True)
+    prompts = parse_prompts(prompt_box or [], prompt_point or [], prompt_negative or [], prompts_file)
+    opts = PredictOptions(prompts=prompts, device=device, base_weights=base_weights,
+                          largest_component=largest_component, passes=passes, series_id=series_id,
+                          overwrite=overwrite, save_probabilities=save_probabilities)
+    info = predict([model, *(models or [])], input, output, opts)
+    if "cases" in info:
+        _ok(f"predicted {info['written']} case(s), {info['skipped']} already there -> {output}", cost=True)
+    else:
+        _ok(f"predicted {info['target']} ({info['mode']} mode, {info['voxels']} voxels, {info['volume_ml']:.1f} ml) -> {output}", cost=True)
 
 
 @app.command("evaluate")
@@ -180,7 +206,7 @@ def evaluate_cmd(
     target: str = typer.Option(..., "--target", help="Target name from the config."),
     variant: str = typer.Option("full", "--variant", help="Variant that was trained."),
     fold: int = typer.Option(0, "--fold", min=0, help="Cross-validation fold of the run."),
-    run: Path = typer.Option(..., "--run", help="The run folder of `train` (holds best.pt / last.pt)."),
+    run: List[Path] = typer.Option(..., "--run", help="The run folder of `train` (holds best.pt / last.pt); repeat it for an ensemble of folds (probabilities averaged; --split test only)."),
     out: Path = typer.Option(..., "--out", help="Output folder: metrics.csv and summary.json (created atomically)."),
     prepared: Optional[Path] = typer.Option(None, "--prepared", help="Prepared target folder (default: data.prepared/TARGET)."),
     split: Optional[str] = typer.Option(None, "--split", help="val or test (default: evaluate.split)."),
@@ -189,6 +215,7 @@ def evaluate_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     base_weights: Optional[Path] = typer.Option(None, "--base-weights", help="SAM2 weights the model was trained on (default: model.checkpoint)."),
     max_cases: Optional[int] = typer.Option(None, "--max-cases", min=1, help="Score only the first N cases of the split."),
+    prompt_counts: Optional[str] = typer.Option(None, "--prompt-counts", help="Comma-separated numbers of simulated prompts for prompted mode, e.g. 1,3 (default: evaluate.prompt_counts)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (only after the new one is complete)."),
 ) -> None:
     """Predict and score every validation (or test) case in auto and prompted mode, in 3D, in mm."""
@@ -199,11 +226,20 @@ def evaluate_cmd(
         raise UserError(f"--split must be val or test, got {split!r}")
     cfg = load_config(config)
     mode_list = [m.strip() for m in modes.split(",") if m.strip()] if modes else None
-    dest = evaluate_run(cfg, EvalJob(target, variant, fold, run, out, prepared=prepared, split=split,
+    counts = None
+    if prompt_counts:
+        try:
+            counts = tuple(int(v) for v in prompt_counts.split(",") if v.strip())
+        except ValueError:
+            counts = ()
+        if not counts or min(counts) < 1:
+            raise UserError(f"--prompt-counts must be comma-separated whole numbers >= 1, got {prompt_counts!r}")
+    dest = evaluate_run(cfg, EvalJob(target, variant, fold, tuple(run), out, prepared=prepared, split=split,
                                      modes=tuple(mode_list) if mode_list else None, checkpoint=checkpoint,
                                      device=device, base_weights=base_weights, max_cases=max_cases,
-                                     overwrite=overwrite))
-    _ok(f"evaluated {target}/{variant}/fold {fold} -> {dest}", cost=True)
+                                     overwrite=overwrite, prompt_counts=counts))
+    what = f"fold {fold}" if len(run) == 1 else f"ensemble of {len(run)} runs"
+    _ok(f"evaluated {target}/{variant}/{what} -> {dest}", cost=True)
 
 
 @app.command("metrics")

@@ -199,7 +199,8 @@ def _floats(reader: sitk.ImageFileReader, tag: str, n: int, f: str) -> list[floa
     return values
 
 
-def write_nifti_like(data_ijk: np.ndarray, ref: Volume, path: str | Path, dtype=np.uint8) -> Path:
+def write_nifti_like(data_ijk: np.ndarray, ref: Volume, path: str | Path, dtype=np.uint8,
+                     slope: float | None = None) -> Path:
     """Write ``data_ijk`` as NIfTI (.nii or .nii.gz) with ``ref``'s shape and affine (sform and qform).
 
     Float data is rounded for an integer ``dtype``. The file appears all at once (written
@@ -218,6 +219,8 @@ def write_nifti_like(data_ijk: np.ndarray, ref: Volume, path: str | Path, dtype=
         if not info.min <= data.min() <= data.max() <= info.max:  # also refuses NaN
             raise ValueError(f"values {data.min()}..{data.max()} do not fit {np.dtype(dtype).name}")
     img = nib.Nifti1Image(data.astype(dtype), ref.affine)
+    if slope is not None:  # stored values x slope = what readers return (scl_slope, scl_inter 0)
+        img.header.set_slope_inter(slope, 0.0)
     img.set_sform(ref.affine, code=1)
     img.set_qform(ref.affine, code=1)
     img.header.set_xyzt_units("mm")
@@ -225,6 +228,20 @@ def write_nifti_like(data_ijk: np.ndarray, ref: Volume, path: str | Path, dtype=
     with atomic_file(path) as tmp:
         tmp.write_bytes(gzip.compress(raw, compresslevel=1, mtime=0) if path.name.endswith(".gz") else raw)
     return path
+
+
+#: probability files: p stored as round(255 p) in uint8 with scl_slope 1/255, so nibabel's
+#: get_fdata() and SimpleITK return p in [0, 1] (to within 1/510); 1 byte per voxel
+PROBABILITY_LEVELS = 255
+
+
+def write_probability_like(prob_ijk: np.ndarray, ref: Volume, path: str | Path) -> Path:
+    """Write foreground probabilities in [0, 1] as a compact NIfTI on ``ref``'s grid
+    (uint8, scale 1/255 in the header: see :data:`PROBABILITY_LEVELS`)."""
+    q = np.empty(np.shape(prob_ijk), dtype=np.uint8)
+    np.rint(np.clip(np.asarray(prob_ijk, dtype=np.float32) * PROBABILITY_LEVELS, 0, PROBABILITY_LEVELS), out=q,
+            casting="unsafe")
+    return write_nifti_like(q, ref, path, np.uint8, slope=1.0 / PROBABILITY_LEVELS)
 
 
 def _lps_geometry(affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

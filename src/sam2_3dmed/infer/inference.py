@@ -10,9 +10,12 @@ passed in by the caller (training validation, ``evaluate``, ``predict``).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+from rich.progress import Progress
 from scipy import ndimage
 
 from ..config import target_config
@@ -21,8 +24,12 @@ from ..data.preprocess import CaseGeometry, to_original
 from ..model.checkpoint import LoadedModel
 from ..model.factory import VolumeModel
 from ..model.prompts import Prompt
-from .propagation import predict_by_propagation
+from .ensemble import as_ensemble
+from .propagation import encode_volume, feature_bytes, predict_by_propagation, propagate_volume
 from .sliding_window import predict_by_sliding_window
+
+if TYPE_CHECKING:
+    from .ensemble import Ensemble
 
 
 @dataclass(frozen=True)
@@ -60,15 +67,107 @@ def predict_prepared(model: VolumeModel, image_zyx: np.ndarray, prompt: Prompt |
                                   progress=progress, stats=stats)
 
 
-def predict_volume(lm: LoadedModel, image_zyx: np.ndarray, geom: CaseGeometry, settings: InferenceSettings,
-                   prompt: Prompt | None = None, label: str = "predict", stats: dict | None = None) -> np.ndarray:
-    """Prepared image + geometry -> uint8 mask on the original grid (with a progress bar)."""
-    with new_progress() as progress:
-        bar = progress.add_task(label, total=None)
-        prob = predict_prepared(lm.model, image_zyx, prompt, settings, device=lm.device, stats=stats,
-                                progress=lambda done, total: progress.update(bar, completed=done, total=total))
-    mask = to_original(prob, geom, kind="prob") >= settings.threshold
-    return largest_component(mask) if settings.largest_component else mask.astype(np.uint8)
+def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarray, prompts_by_mode: dict,
+                           settings: InferenceSettings, label: str = "predict", stats: dict | None = None,
+                           progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Probability maps (z, y, x) float32 on the prepared grid, one per mode, averaged over
+    the members of ``models`` (one model or an :class:`~.ensemble.Ensemble`).
+
+    ``prompts_by_mode`` maps a mode name to its prompts (None, one Prompt or several).
+    A SAM2-3dMed member encodes the volume ONCE and propagates it once per mode (the
+    features are shared); a U-Net member (no prompts) predicts once. ``stats`` receives,
+    per mode, ``seconds`` (what predicting that mode alone costs: the shared encoding plus
+    its propagation, summed over members), ``slices`` and ``feature_cache_bytes`` (largest
+    member). Memory: one accumulator per mode plus one member's features and output.
+    """
+    ens = as_ensemble(models)
+    modes = list(prompts_by_mode)
+    if any(prompts_by_mode[m] for m in modes) and not ens.accepts_prompts:
+        raise ValueError("a unet3d model takes no prompts")
+    acc: dict[str, np.ndarray] = {}
+    seconds = {m: 0.0 for m in modes}
+    cache = 0
+    n = int(image_zyx.shape[0])
+    own = progress is None
+    progress = new_progress() if own else progress
+    try:
+        if own:
+            progress.start()
+        for i, lm in enumerate(ens.members):
+            tag = f"{label} [{i + 1}/{len(ens)}]" if len(ens) > 1 else label
+            bar = progress.add_task(tag, total=None)
+
+            def report(done: int, total: int, bar=bar) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            model = lm.model
+            if model.inference == "propagation":
+                t0 = time.perf_counter()
+                progress.update(bar, description=f"{tag} encode", total=n)
+                feats, query, info = encode_volume(model, image_zyx, settings.chunk, lm.device,
+                                                   settings.feature_dtype, progress=lambda d: report(d, n))
+                t_enc = time.perf_counter() - t0
+                cache = max(cache, feature_bytes(feats, query))
+                for m in modes:
+                    progress.reset(bar, total=None, description=f"{tag} {m}" if len(modes) > 1 else tag)
+                    t1 = time.perf_counter()
+                    p = propagate_volume(model, feats, query, info, n, prompts_by_mode[m], settings.prompted_passes,
+                                         lm.device, progress=report, chunk=settings.chunk)
+                    seconds[m] += t_enc + time.perf_counter() - t1
+                    _accumulate(acc, m, p)
+                del feats, query
+            else:
+                t0 = time.perf_counter()
+                p = predict_by_sliding_window(model, image_zyx, device=lm.device, progress=report)
+                dt = time.perf_counter() - t0
+                for m in modes:
+                    seconds[m] += dt
+                    _accumulate(acc, m, p if len(modes) == 1 else p.copy())
+            del p
+            progress.remove_task(bar)
+    finally:
+        if own:
+            progress.stop()
+    if len(ens) > 1:
+        for m in modes:
+            acc[m] /= np.float32(len(ens))
+    if stats is not None:
+        for m in modes:
+            stats[m] = {"seconds": seconds[m], "slices": n, "feature_cache_bytes": cache}
+    return acc
+
+
+def _accumulate(acc: dict, mode: str, p: np.ndarray) -> None:
+    if mode in acc:
+        acc[mode] += p
+    else:
+        acc[mode] = p
+
+
+def to_mask(prob_zyx: np.ndarray, geom: CaseGeometry, settings: InferenceSettings,
+            keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Prepared-grid probabilities -> (uint8 mask on the original grid, the probabilities
+    there as float32 when ``keep_probabilities``, else None)."""
+    prob = to_original(prob_zyx, geom, kind="prob")
+    mask = prob >= settings.threshold
+    mask = largest_component(mask) if settings.largest_component else mask.astype(np.uint8)
+    return mask, (prob if keep_probabilities else None)
+
+
+def predict_volume(models: "Ensemble | LoadedModel", image_zyx: np.ndarray, geom: CaseGeometry,
+                   settings: InferenceSettings, prompt=None, label: str = "predict", stats: dict | None = None,
+                   keep_probabilities: bool = False, progress: Progress | None = None):
+    """Prepared image + geometry -> uint8 mask on the original grid (with a progress bar).
+
+    ``prompt``: None, one Prompt or several. With ``keep_probabilities`` returns
+    (mask, float32 probabilities on the original grid) instead of the mask alone."""
+    per_mode: dict = {}
+    prob = predict_prepared_modes(models, image_zyx, {"predict": prompt}, settings, label, per_mode,
+                                  progress)["predict"]
+    if stats is not None:
+        stats.update(per_mode["predict"])
+    mask, prob_orig = to_mask(prob, geom, settings, keep_probabilities)
+    return (mask, prob_orig) if keep_probabilities else mask
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
