@@ -1389,10 +1389,10 @@ def _(fx, tmp):
     return _prompt(fx, tmp, "--prompt-point", "1,2,3,4", "3 comma-separated numbers")
 
 
-@case("predict", "prompt-box-and-point")
+@case("predict", "prompt-two-boxes-on-one-slice")
 def _(fx, tmp):
-    argv, out = _pred(fx, tmp, None, "--prompt-box", "3,1,1,9,9", "--prompt-point", "3,5,5")
-    return Spec(argv, names=("--prompt-box", "--prompt-point"), problem="not both", out=out)
+    argv, out = _pred(fx, tmp, None, "--prompt-box", "3,1,1,9,9", "--prompt-box", "3,2,2,8,8")
+    return Spec(argv, names=(argv[2],), problem="at most one box per slice", out=out)
 
 
 @case("predict", "usage-prompt-box-without-value")
@@ -1679,7 +1679,7 @@ def _(fx, tmp):
     nifti_like(lab, lab, fn=np.zeros_like, dtype=np.uint8)
     prep, _ = _fingerprint_with(fx, tmp, lambda fp: fp.update(task_dir=str(task)))
     np.save(prep / "cases" / vid / "label.npy", np.zeros_like(np.load(prep / "cases" / vid / "label.npy")))
-    argv, out = _eval(fx, tmp, "--modes", "prompted", "--max-cases", "1", prepared=prep)
+    argv, out = _eval(fx, tmp, "--modes", "prompted", "--prompt-counts", "1", "--max-cases", "1", prepared=prep)
 
     def ok(stdout):
         rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
