@@ -24,6 +24,9 @@ from sam2_3dmed.errors import ConfigError
 
 TINY = tiny_workflow_config(splits={"folds": 3})  # one target, one variant, one fold (dry runs only)
 ONE_OF_EACH = {"synth": 1, "prepare": 1, "train": 1, "evaluate": 1, "report": 1, "all": 1}
+# config/demo.yaml has a held-out test split and synthetic test images: the fold's model is
+# also scored on the test split (an ensemble of one fold) and predicts the test images
+DEMO_JOBS = {**ONE_OF_EACH, "evaluate_ensemble": 1, "predict_test_images": 1}
 
 
 def snakemake(proj, *args, check=True):
@@ -194,7 +197,7 @@ def test_make_demo_in_a_clean_shell(checkout, profile):
     assert "invalid profile" not in text
     assert "[setup] .venv is up to date" in proc.stdout
     assert "sam2-3dmed: config config/demo.yaml" in proc.stderr
-    assert job_counts(proc.stdout) == ONE_OF_EACH
+    assert job_counts(proc.stdout) == DEMO_JOBS
     assert "Using profiles slurm" not in text
 
 
@@ -203,7 +206,7 @@ def test_make_demo_with_the_slurm_profile(checkout):
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
     assert "Using profiles slurm and workflow specific profile" in text
-    assert job_counts(proc.stdout) == ONE_OF_EACH
+    assert job_counts(proc.stdout) == DEMO_JOBS
 
 
 def test_make_test_fast_deselects_slow_tests():

@@ -81,7 +81,9 @@ def test_lint():
 def test_dag_3_targets_2_variants_2_folds(tmp_path):
     proj = make_project(tmp_path, GRID)
     out = sh("snakemake", "-n", "--cores", "1", "--configfile", "config/run.yaml", cwd=proj).stdout
-    assert job_counts(out) == {"synth": 3, "prepare": 3, "train": 12, "evaluate": 12, "report": 1, "all": 1}
+    # + per target x variant: the folds' ensemble on the test split, and its predictions of imagesTs
+    assert job_counts(out) == {"synth": 3, "prepare": 3, "train": 12, "evaluate": 12, "evaluate_ensemble": 6,
+                               "predict_test_images": 6, "report": 1, "all": 1}
 
 
 def test_slurm_profile_dry_run(tmp_path):
@@ -119,14 +121,21 @@ def test_resource_overrides_keep_the_gpu_and_the_real_config_pins_cuda(tmp_path)
     text = proc.stdout
     counts = job_counts(text)
     assert counts["train"] == 15 and counts["evaluate"] == 15, counts  # 3 targets x 5 folds
+    assert counts["evaluate_ensemble"] == 3 and counts["predict_test_images"] == 3, counts  # 3 targets x full
     res = job_resources(text)
     assert "gpu=1" in res["train"] and "cpus_per_task=8" in res["train"] and "runtime=2880" in res["train"], res
     assert "gpu=1" in res["evaluate"] and "cpus_per_task=4" in res["evaluate"] and "mem_mb=20000" in res["evaluate"]
     assert "gpu" not in res["prepare"], res["prepare"]
+    for rule in ("evaluate_ensemble", "predict_test_images"):
+        assert "gpu=1" in res[rule] and "cpus_per_task=4" in res[rule], res
     train_cmds = [line for line in text.splitlines() if "sam2-3dmed train " in line]
     eval_cmds = [line for line in text.splitlines() if "sam2-3dmed evaluate " in line]
     assert len(train_cmds) == 15 and all("--device cuda" in c for c in train_cmds), train_cmds[:1]
-    assert len(eval_cmds) == 15 and all("--device cuda" in c for c in eval_cmds), eval_cmds[:1]
+    assert len(eval_cmds) == 18 and all("--device cuda" in c for c in eval_cmds), eval_cmds[:1]  # + 3 ensembles
+    ens_cmds = [c for c in eval_cmds if "--split test" in c]
+    assert len(ens_cmds) == 3 and all(c.count(" --run ") == 5 for c in ens_cmds), ens_cmds[:1]  # 5 folds each
+    pred_cmds = [line for line in text.splitlines() if "sam2-3dmed predict " in line]
+    assert len(pred_cmds) == 3 and all("--device cuda" in c and c.count(" --model ") == 4 for c in pred_cmds)
     assert {re.search(r"--fold (\d)", c).group(1) for c in train_cmds} == set("01234")
 
     demo = make_project(tmp_path / "demo", TINY)

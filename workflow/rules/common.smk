@@ -1,5 +1,7 @@
 # Helpers shared by the rules (kept apart from the rules, as `snakemake --lint` asks).
 
+import shlex
+
 
 def settings(**parts):
     """The config sections a job depends on, as one canonical string. Jobs carry it as a
@@ -27,3 +29,34 @@ def device(wc, output):
     """The train/evaluate jobs' --device (run.device). Derived from the outputs, like
     merged_config, so that moving a run from CPU to GPU does not re-run finished jobs."""
     return CFG["run"]["device"]
+
+
+def fold_runs(wc):
+    """Every fold's run folder of a target x variant (run.folds, in order): the members of
+    its ensemble."""
+    return [f"{RUNS}/{wc.target}/{wc.variant}/fold{k}" for k in FOLDS]
+
+
+def fold_summaries(wc):
+    """Every fold's train_summary.json (the training rule's output) of a target x variant."""
+    return [f"{run}/train_summary.json" for run in fold_runs(wc)]
+
+
+def fold_checkpoints(wc):
+    """Every fold's checkpoint file, the one evaluate.checkpoint names (best.pt or last.pt,
+    as `evaluate` picks it in a run folder)."""
+    return [f"{run}/{CFG['evaluate']['checkpoint']}.pt" for run in fold_runs(wc)]
+
+
+def run_options(wc):
+    """`--run DIR` once per fold, each folder quoted for the shell (the evaluate_ensemble
+    command line takes it as it is, so nothing unquoted reaches the shell). Depends on the
+    wildcards only: a changed run.folds is a changed param and re-runs the job."""
+    return " ".join(f"--run {shlex.quote(run)}" for run in fold_runs(wc))
+
+
+def model_options(wc):
+    """`--model CKPT` for every fold after the first (whose checkpoint is predict's MODEL),
+    each quoted for the shell. A param of the wildcards only, so a changed run.folds or
+    evaluate.checkpoint re-runs the job."""
+    return " ".join(f"--model {shlex.quote(ckpt)}" for ckpt in fold_checkpoints(wc)[1:])

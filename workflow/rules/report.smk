@@ -1,5 +1,5 @@
 # Reports: one call renders every target's page and the index from all runs and their
-# evaluations (self-contained HTML, figures embedded).
+# evaluations, per fold and of the folds' ensemble (self-contained HTML, figures embedded).
 
 REPORTS = f"{RESULTS}/reports"
 
@@ -8,6 +8,9 @@ rule report:
     input:
         evals=expand(f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/eval/{EVAL_SPLIT}",
                      target=TARGETS, variant=VARIANTS, fold=FOLDS),
+        # each target x variant's ensemble on the held-out test split (evaluate_ensemble), when there is one
+        ensemble=expand(f"{RUNS}/{{target}}/{{variant}}/ensemble/eval/test", target=TARGETS, variant=VARIANTS)
+        if ENSEMBLE else [],
     output:
         index=f"{REPORTS}/index.html",
         pages=expand(f"{REPORTS}/{{target}}.html", target=TARGETS),

@@ -4,6 +4,8 @@ Layout (``workflow/Snakefile``)::
 
     RUNS/<target>/<variant>/fold<k>/train_log.csv, val_log.csv, train_summary.json
     RUNS/<target>/<variant>/fold<k>/eval/<split>/metrics.csv, summary.json, predictions/
+    RUNS/<target>/<variant>/ensemble/eval/test/metrics.csv, summary.json   (every fold's model
+        together on the held-out test split: rule evaluate_ensemble; absent in older runs)
 
 Anything missing that a page can live without (a log, an unfinished evaluation, the
 predictions) becomes a note shown on the page; a file that exists but cannot be read
@@ -27,12 +29,33 @@ METRICS = ("dice", "iou", "hd95", "nsd", "assd")
 HIGHER_IS_BETTER = {"dice": True, "iou": True, "nsd": True, "hd95": False, "assd": False}
 LOSS_TERMS = ("loss", "seg", "obj", "srpp", "bd")
 METRICS_REQUIRED = ("case_id", "mode", *METRICS)
-METRICS_NUMERIC = (*METRICS, "pred_voxels", "gt_voxels", "gt_volume_ml", "seconds", "slices", "slices_per_s",
+METRICS_NUMERIC = (*METRICS, "n_prompts", "pred_voxels", "gt_voxels", "gt_volume_ml", "seconds", "slices",
+                   "slices_per_s",
                    "peak_mem_mb", "feature_cache_mb")
 VARIANT_ORDER = ("full", "no_srpp", "no_bd", "sam2_ft", "no_pretrain", "unet3d")
 
 _VARIANT_RE = re.compile(r"[a-z][a-z0-9_]*")
 _FOLD_RE = re.compile(r"fold([0-9]+)")
+_PROMPTED_K_RE = re.compile(r"prompted_k([0-9]+)")
+ENSEMBLE_DIR = "ensemble"  # RUNS/<target>/<variant>/ensemble/: the folds' ensemble (never a fold<k>)
+ENSEMBLE_SPLIT = "test"    # an ensemble is scored on the held-out test split only
+
+
+def mode_prompts(mode: str) -> int | None:
+    """Simulated prompts of an evaluation mode: 0 (``auto``), 1 (``prompted``), k
+    (``prompted_k<k>``: k prompts on k slices); None for a mode of another name."""
+    if mode == "auto":
+        return 0
+    if mode == "prompted":
+        return 1
+    m = _PROMPTED_K_RE.fullmatch(mode)
+    return int(m[1]) if m else None
+
+
+def mode_sort_key(mode: str) -> tuple:
+    """auto, prompted, prompted_k3, prompted_k5, ... (by prompt count), then other names."""
+    k = mode_prompts(mode)
+    return (0, k, "") if k is not None else (1, 0, mode)
 
 
 @dataclass
@@ -65,6 +88,47 @@ class Run:
 
 
 @dataclass
+class EnsembleEval:
+    """``RUNS/<target>/<variant>/ensemble/eval/test``: every fold's model together on the
+    held-out test split, and what was found there."""
+
+    target: str
+    variant: str
+    path: Path  # the eval folder
+    summary: dict | None = None
+    metrics: pd.DataFrame | None = None  # + variant column
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def block(self) -> dict:
+        """summary.json's "ensemble" block ({} when absent: an older evaluation)."""
+        b = (self.summary or {}).get("ensemble")
+        return b if isinstance(b, dict) else {}
+
+    @property
+    def size(self) -> int | None:
+        size = self.block.get("size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+        folds = self.block.get("folds")
+        return len(folds) if isinstance(folds, list) else None
+
+    @property
+    def folds(self) -> list | None:
+        folds = self.block.get("folds")
+        return folds if isinstance(folds, list) else None
+
+    @property
+    def checkpoints(self) -> list[str]:
+        ck = self.block.get("checkpoints")
+        return [str(c) for c in ck] if isinstance(ck, list) else []
+
+    @property
+    def split(self) -> str:
+        return str((self.summary or {}).get("split") or ENSEMBLE_SPLIT)
+
+
+@dataclass
 class TargetResults:
     target: str
     runs_dir: Path
@@ -74,9 +138,16 @@ class TargetResults:
     variants: list[str]
     modes: list[str]
     notes: list[str] = field(default_factory=list)
+    ensembles: list[EnsembleEval] = field(default_factory=list)  # evaluated ones, in variant order
 
     def runs_of(self, variant: str) -> list[Run]:
         return [r for r in self.runs if r.variant == variant]
+
+    @property
+    def ensemble_metrics(self) -> pd.DataFrame:
+        """Every case row of every ensemble evaluation (+ variant column); empty when none."""
+        frames = [e.metrics for e in self.ensembles if e.metrics is not None]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["variant", *METRICS_REQUIRED])
 
 
 def variant_sort_key(name: str, config_order=()) -> tuple:
@@ -205,6 +276,30 @@ def load_run(target: str, variant: str, fold: int, path: Path, split: str) -> Ru
     return run
 
 
+def load_ensemble_eval(target: str, variant: str, path: Path) -> EnsembleEval | None:
+    """The ensemble evaluation in PATH (``.../ensemble/eval/test``), or None when it has not
+    been run (older runs, no test split). A folder without metrics.csv is a note."""
+    if not path.is_dir():
+        return None
+    ens = EnsembleEval(target, variant, path)
+    p = path / "metrics.csv"
+    if not p.is_file():
+        ens.notes.append(f"{variant}/{ENSEMBLE_DIR}: not evaluated on the test split yet ({p} is missing)")
+        return ens
+    m = read_metrics(p)
+    m.insert(0, "variant", variant)
+    ens.metrics = m
+    s = path / "summary.json"
+    if s.is_file():
+        ens.summary = read_json(s)
+        if not ens.block:
+            ens.notes.append(f"{variant}/{ENSEMBLE_DIR}: {s} has no \"ensemble\" block (an older evaluation): "
+                             "which folds it combines is not recorded")
+    else:
+        ens.notes.append(f"{variant}/{ENSEMBLE_DIR}: {s} is missing")
+    return ens
+
+
 def collect_target(runs_dir: Path, target: str, split: str, config_variants=()) -> TargetResults | None:
     """Everything under ``RUNS/<target>``; None if there is no run folder at all."""
     found = discover_runs(runs_dir, target)
@@ -216,6 +311,14 @@ def collect_target(runs_dir: Path, target: str, split: str, config_variants=()) 
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["variant", "fold", *METRICS_REQUIRED])
     variants = sorted({r.variant for r in runs}, key=lambda v: variant_sort_key(v, config_variants))
     modes = list(dict.fromkeys(m for r in runs if r.metrics is not None for m in r.metrics["mode"]))
-    modes.sort(key=lambda m: (m != "auto", m != "prompted", m))
+    modes.sort(key=mode_sort_key)
     notes = [n for r in runs for n in r.notes]
-    return TargetResults(target, Path(runs_dir), split, runs, metrics, variants, modes, notes)
+    ensembles = []
+    for variant in variants:
+        ens = load_ensemble_eval(target, variant, Path(runs_dir) / target / variant / ENSEMBLE_DIR / "eval"
+                                 / ENSEMBLE_SPLIT)
+        if ens is not None:
+            notes += ens.notes
+            if ens.metrics is not None:
+                ensembles.append(ens)
+    return TargetResults(target, Path(runs_dir), split, runs, metrics, variants, modes, notes, ensembles)

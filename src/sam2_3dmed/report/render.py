@@ -155,6 +155,9 @@ def _devices(res: TargetResults) -> list[str]:
         for s in (r.train_summary, r.eval_summary):
             if s and s.get("device"):
                 devs.add(str(s["device"]))
+    for e in res.ensembles:
+        if e.summary and e.summary.get("device"):
+            devs.add(str(e.summary["device"]))
     if "device" in res.metrics.columns:
         devs |= {str(d) for d in res.metrics["device"] if str(d)}
     return sorted(devs)
@@ -167,7 +170,8 @@ def target_context(cfg: dict, res: TargetResults, prov: dict) -> dict:
     labels = {m: tables.metric_label(m, tol) for m in METRICS}
     fp, _, _ = _fingerprint(cfg, res.target)
     synthetic = (cfg["data"]["source"] == "synthetic" or bool(fp and fp.get("synthetic"))
-                 or any(bool(r.eval_summary.get("synthetic")) for r in res.runs if r.eval_summary))
+                 or any(bool(r.eval_summary.get("synthetic")) for r in res.runs if r.eval_summary)
+                 or any(bool(e.summary.get("synthetic")) for e in res.ensembles if e.summary))
     pretrained = _pretrained_by_variant(cfg, res)
     head = tables.headline(res)
     ref_rows, ref_meta = tables.reference_rows(res.target)
@@ -198,6 +202,8 @@ def target_context(cfg: dict, res: TargetResults, prov: dict) -> dict:
         "reference_rows": ref_rows,
         "reference": ref_meta,
         "ablation": tables.ablation(res, head),
+        "ensemble": tables.ensemble(res),
+        "prompts": tables.prompt_counts(res),
         "distribution": figures.distribution_figure(res.metrics, res.variants, res.modes, labels)
         if not res.metrics.empty else None,
         "cases": tables.case_table(res),
@@ -217,7 +223,15 @@ def _index_row(ctx: dict) -> dict:
         c = {x["metric"]: x for x in r["cells"]}
         modes.append({"mode": r["mode"], "n_folds": r["n_folds"], "n_cases": r["n_cases"],
                       **{m: c[m]["text"] for m in METRICS}})
-    return {"target": ctx["target"], "title": ctx["title"], "href": f"{ctx['target']}.html",
+    ensemble = []  # the full variant's ensemble on the held-out test split, apart from the per-fold rows
+    for e in ctx["ensemble"]:
+        if e["variant"] != "full":
+            continue
+        for r in e["rows"]:
+            c = {x["metric"]: x for x in r["cells"]}
+            ensemble.append({"mode": r["mode"], "what": e["what"], "split": e["split"], "n_cases": r["n_cases"],
+                             **{m: c[m]["text"] for m in METRICS}})
+    return {"target": ctx["target"], "title": ctx["title"], "href": f"{ctx['target']}.html", "ensemble": ensemble,
             "synthetic": ctx["synthetic"], "random_init": ctx["random_init"], "modes": modes,
             "variants": ctx["variants"], "devices": ctx["devices"], "n_runs": len(ctx["runs"]),
             "pretrained": ctx["pretrained"], "tolerance": ctx["tolerance"]}

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .collect import HIGHER_IS_BETTER, METRICS, TargetResults
+from .collect import HIGHER_IS_BETTER, METRICS, TargetResults, mode_prompts, mode_sort_key
 
 METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 (mm)", "nsd": "NSD", "assd": "ASSD (mm)"}
 METRIC_DECIMALS = {"dice": 3, "iou": 3, "nsd": 3, "hd95": 2, "assd": 2}
@@ -146,7 +146,7 @@ def ablation(res: TargetResults, rows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------- per case
 CASE_COLUMNS = [("variant", "variant", False), ("fold", "fold", True), ("case_id", "case", False),
-                ("mode", "mode", False), ("prompt", "prompt", False),
+                ("mode", "mode", False), ("prompt", "prompt", False), ("n_prompts", "prompts", True),
                 *[(m, METRIC_LABELS[m], True) for m in METRICS],
                 ("gt_volume_ml", "GT volume (ml)", True), ("seconds", "seconds", True)]
 
@@ -159,7 +159,10 @@ def case_table(res: TargetResults) -> dict:
         cells = []
         for k, _label, num in cols:
             v = r[k]
-            if num and k != "fold":
+            if k == "n_prompts":  # a count; empty in rows of older evaluations
+                v = float(v)
+                cells.append({"text": "" if math.isnan(v) else fmt_int(v), "sort": "" if math.isnan(v) else repr(v)})
+            elif num and k != "fold":
                 v = float(v)
                 d = METRIC_DECIMALS.get(k, 2)
                 cells.append({"text": fmt(v, d), "sort": "" if math.isnan(v) else repr(v)})
@@ -167,6 +170,91 @@ def case_table(res: TargetResults) -> dict:
                 cells.append({"text": str(v), "sort": str(v)})
         rows.append(cells)
     return {"columns": [{"key": k, "label": lab, "numeric": num} for k, lab, num in cols], "rows": rows}
+
+
+# ---------------------------------------------------------------- ensemble (held-out test split)
+def _metric_cells(sub: pd.DataFrame) -> list[dict]:
+    cells = []
+    for m in METRICS:
+        s = stats(sub[m].to_numpy())
+        d = METRIC_DECIMALS[m]
+        cells.append({"metric": m, **s, "text": mean_pm_std(s, d), "median_text": fmt(s["median"], d)})
+    return cells
+
+
+def _folds_text(folds) -> str:
+    return ", ".join("?" if f is None else str(f) for f in folds)
+
+
+def ensemble(res: TargetResults) -> list[dict]:
+    """Per variant with an ensemble evaluation: what it combines (size, folds, checkpoints),
+    the split and case count, and mean/std/median of each metric per mode. Never pooled
+    with the per-fold numbers: other models (all folds at once) on other cases (test)."""
+    out = []
+    for e in res.ensembles:
+        df = e.metrics
+        modes = sorted(dict.fromkeys(df["mode"]), key=mode_sort_key)
+        rows = []
+        for mode in modes:
+            sub = df[df["mode"] == mode]
+            rows.append({"mode": mode, "n_prompts": mode_prompts(mode), "n_cases": int(len(sub)),
+                         "cells": _metric_cells(sub)})
+        size, folds = e.size, e.folds
+        n_cases = int(df["case_id"].nunique())
+        in_split = (e.summary or {}).get("n_cases_in_split")
+        if size is None:
+            what = "ensemble of folds (size not recorded in summary.json: an older evaluation)"
+        elif folds:
+            what = f"ensemble of {size} fold{'s' if size != 1 else ''} (fold{'s' if len(folds) != 1 else ''} " \
+                   f"{_folds_text(folds)})"
+        else:
+            what = f"ensemble of {size} fold{'s' if size != 1 else ''}"
+        out.append({
+            "variant": e.variant, "size": size, "folds": folds, "folds_text": _folds_text(folds) if folds else "n/a",
+            "what": what, "split": e.split, "n_cases": n_cases,
+            "n_cases_in_split": in_split if isinstance(in_split, int) and in_split != n_cases else None,
+            "checkpoints": e.checkpoints, "path": str(e.path),
+            "checkpoint_step": (e.summary or {}).get("checkpoint_step", "n/a"), "rows": rows,
+        })
+    return out
+
+
+# ---------------------------------------------------------------- accuracy vs number of prompts
+PROMPT_METRICS = ("dice", "nsd", "hd95")
+
+
+def prompt_counts(res: TargetResults) -> dict:
+    """Dice, NSD and HD95 means per mode (auto, prompted, prompted_k3, ...), per variant,
+    for the per-fold evaluations and the ensemble's apart. ``show`` is false unless some
+    mode gives more than one prompt (a ``prompted_k<k>`` mode, evaluate.prompt_counts)."""
+    sources = [("per fold", f"single model per fold, {res.split} split", res.metrics)]
+    if res.ensembles:
+        sources.append(("ensemble", "ensemble of folds, held-out test split", res.ensemble_metrics))
+    rows = []
+    ks = set()
+    for key, label, df in sources:
+        if df.empty:
+            continue
+        for variant in res.variants:
+            vsub = df[df["variant"] == variant]
+            modes = sorted((m for m in dict.fromkeys(vsub["mode"]) if mode_prompts(m) is not None), key=mode_sort_key)
+            for mode in modes:
+                sub = vsub[vsub["mode"] == mode]
+                k = mode_prompts(mode)
+                ks.add(k)
+                given = float("nan")
+                if "n_prompts" in sub.columns:
+                    g = sub["n_prompts"].to_numpy(dtype=float)
+                    g = g[~np.isnan(g)]
+                    given = float(g.mean()) if g.size else float("nan")
+                cells = []
+                for m in PROMPT_METRICS:
+                    st = stats(sub[m].to_numpy())
+                    cells.append({"metric": m, "mean": st["mean"], "text": fmt(st["mean"], METRIC_DECIMALS[m])})
+                rows.append({"source": key, "source_label": label, "variant": variant, "mode": mode, "k": k,
+                             "given": fmt(given, 2) if not math.isnan(given) else "n/a",
+                             "n_cases": int(len(sub)), "cells": cells})
+    return {"show": any(k > 1 for k in ks), "metrics": list(PROMPT_METRICS), "rows": rows}
 
 
 # ---------------------------------------------------------------- cost
