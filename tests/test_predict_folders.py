@@ -217,3 +217,30 @@ def test_cli_several_prompts(run_folder, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert "bad.json" in one_line_error(run_cli("predict", ck, src, tmp_path / "x.nii.gz", "--prompts", bad))
+
+
+def test_inference_records_no_autograd_graph(run_folder, monkeypatch):
+    """The demo trains its encoder (freeze_encoder: auto with random init): inference must
+    still run without autograd, or every slice's activations would be kept (GBs)."""
+    from sam2_3dmed.infer import propagation
+
+    ens = load_ensemble([run_folder / "fold0"], "cpu")
+    ens.first.model.freeze_encoder = False
+    ens.first.model.train()
+    seen = []
+    real = I.encode_volume
+
+    def spy(*args, **kw):
+        seen.append(torch.is_grad_enabled())
+        feats, query, info = real(*args, **kw)
+        assert not feats.low.requires_grad
+        return feats, query, info
+
+    monkeypatch.setattr(I, "encode_volume", spy)
+    image, _, aff = _scan()
+    prep = Preprocessing.from_config(ens.config, "spleen")(image, None, aff)
+    settings = I.InferenceSettings.from_config(ens.config, "spleen")
+    I.predict_prepared_modes(ens, prep.image, {"auto": None}, settings)
+    assert seen == [False]
+    assert ens.first.model.training  # the caller's mode is given back
+    assert propagation.encode_volume is real

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from rich.progress import Progress
 from scipy import ndimage
 
@@ -67,6 +68,7 @@ def predict_prepared(model: VolumeModel, image_zyx: np.ndarray, prompt: Prompt |
                                   progress=progress, stats=stats)
 
 
+@torch.no_grad()
 def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarray, prompts_by_mode: dict,
                            settings: InferenceSettings, label: str = "predict", stats: dict | None = None,
                            progress: Progress | None = None) -> dict[str, np.ndarray]:
@@ -101,6 +103,8 @@ def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarr
                 progress.update(bar, completed=done, total=total)
 
             model = lm.model
+            was_training = model.training
+            model.eval()  # no dropout/drop-path, as in every inference path (restored below)
             if model.inference == "propagation":
                 t0 = time.perf_counter()
                 progress.update(bar, description=f"{tag} encode", total=n)
@@ -124,6 +128,7 @@ def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarr
                     seconds[m] += dt
                     _accumulate(acc, m, p if len(modes) == 1 else p.copy())
             del p
+            model.train(was_training)
             progress.remove_task(bar)
     finally:
         if own:
