@@ -50,6 +50,7 @@ JOBS: dict[str, tuple[str, list[str]]] = {
     "infer_128": ("bench_infer.py", ["--size", "128", "--slices", "64"]),
     "infer_512": ("bench_infer.py", ["--size", "512", "--slices", "12", "--settings", "full"]),
     "cost": ("bench_cost.py", []),
+    "predict_folder": ("bench_predict_folder.py", ["--cases", "5", "--rounds", "2"]),
     "quality": ("bench_quality.py", ["--seeds", "0", "1"]),  # 2 seeds: ~70 min on 2 CPU cores
     # the rehearsal workflow (config/rehearsal.yaml, ~1 h on 2 CPU cores), predict on the longest case, FLOPs
     "scale": ("bench_scale.py", ["--run", "--predict-longest", "--flops"]),
