@@ -244,3 +244,11 @@ def test_inference_records_no_autograd_graph(run_folder, monkeypatch):
     assert seen == [False]
     assert ens.first.model.training  # the caller's mode is given back
     assert propagation.encode_volume is real
+
+
+def test_predict_help_shows_examples_and_the_prompt_file_format():
+    r = run_cli("predict", "--help", env={"COLUMNS": "120"})
+    assert r.returncode == 0
+    for words in ("nnUNetv2_predict", "--save-probabilities", '"boxes": [[z, x0, y0, x1, y1], ...]',
+                  "dataobj[x, y, z]", "--prompt-negative"):
+        assert words in r.stdout, words

@@ -152,16 +152,18 @@ def train_cmd(
 
 PREDICT_EPILOG = """\b
 Examples (as with nnUNetv2_predict: a folder in, a folder out):
-  # every scan of a folder, with the ensemble of a run's five folds
+  # every scan of a folder, with the ensemble of a run's folds
   sam2-3dmed predict results/runs/spleen/full imagesTs/ predictions/
   # one scan, two checkpoints averaged, probabilities kept
-  sam2-3dmed predict fold0/best.pt ct.nii.gz mask.nii.gz --model fold1/best.pt --save-probabilities
-  # prompted: a box on slice 40 and a positive click on slice 52 (input voxel indices)
-  sam2-3dmed predict fold0/best.pt ct.nii.gz mask.nii.gz --prompt-box 40,100,120,180,200 --prompt-point 52,140,160
+  sam2-3dmed predict fold0/best.pt ct.nii.gz m.nii.gz --model fold1/best.pt --save-probabilities
+  # prompted: a box on slice 40, a positive click on slice 52
+  sam2-3dmed predict fold0/best.pt ct.nii.gz m.nii.gz --prompt-box 40,100,120,180,200
+      --prompt-point 52,140,160
 \b
-Prompts are in the input's voxel indices: x = 1st array axis, y = 2nd, z = 3rd (the
-axial slice), 0-based, as in nibabel's dataobj[x, y, z]. A prompts file holds
-{"boxes": [[z, x0, y0, x1, y1], ...], "points": [[z, x, y], ...], "negatives": [[z, x, y], ...]}.
+Prompts are in the input's voxel indices: x = 1st array axis, y = 2nd,
+z = 3rd (the axial slice), 0-based, as nibabel's dataobj\[x, y, z].
+A --prompts file: {"boxes": \[\[z, x0, y0, x1, y1], ...],
+"points": \[\[z, x, y], ...], "negatives": \[\[z, x, y], ...]}.
 """
 
 
