@@ -115,21 +115,23 @@ def test_evaluate_scores_auto_and_prompted_in_original_space(trained):
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     val = PreparedTarget(trained["prep"]).cases(0, "val")
-    assert sorted((x["case_id"], x["mode"]) for x in rows) == sorted((c, m) for c in val for m in ("auto", "prompted"))
+    modes = ("auto", "prompted", "prompted_k3")  # evaluate.prompt_counts [1, 3]
+    assert sorted((x["case_id"], x["mode"]) for x in rows) == sorted((c, m) for c in val for m in modes)
     fp = json.loads((trained["prep"] / "fingerprint.json").read_text())
     orientations = {c["original_axcodes"] for c in fp["cases"] if c["case_id"] in val}
     summary = json.loads((out / "summary.json").read_text())
     m = summary["metrics"]
     print(f"\nevaluate ({len(val)} cases, orientations {sorted(orientations)}): "
           + ", ".join(f"{mode} Dice {m[mode]['dice']['mean']:.4f} HD95 {m[mode]['hd95']['mean']:.2f} mm "
-                      f"NSD {m[mode]['nsd']['mean']:.4f}" for mode in ("auto", "prompted")))
-    for mode in ("auto", "prompted"):
+                      f"NSD {m[mode]['nsd']['mean']:.4f}" for mode in modes))
+    for mode in modes:
         assert m[mode]["dice"]["n"] == len(val)
         assert m[mode]["dice"]["mean"] >= 0.75, m[mode]
         assert m[mode]["hd95"]["mean"] < 20.0, m[mode]
     for x in rows:
         assert float(x["seconds"]) > 0 and float(x["slices_per_s"]) > 0 and float(x["peak_mem_mb"]) > 0
         assert x["prompt"] == ("" if x["mode"] == "auto" else "box")
+        assert int(x["n_prompts"]) == {"auto": 0, "prompted": 1}.get(x["mode"], 3)
     assert summary["synthetic"] is True and summary["space"].startswith("original")
     # the same output again is refused, not overwritten
     again = run_cli("evaluate", "--config", REPO / "config" / "demo.yaml", "--target", "spleen", "--fold", "0",

@@ -210,7 +210,7 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
         modes = [m for m in modes if m == "auto"]
         for m in prompted:
             skipped[m] = "a unet3d model takes no prompts"
-        log.info("a unet3d model takes no prompts; %s skipped", ", ".join(prompted))
+        log.info("a unet3d model takes no prompts; prompted mode skipped (%s)", ", ".join(prompted))
         if not modes:
             raise UserError("a unet3d model takes no prompts, and --modes asks for prompted only", ckpts[0])
     for lm in ens.members:
