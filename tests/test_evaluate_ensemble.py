@@ -10,7 +10,8 @@ import torch
 
 from sam2_3dmed.config import variant_config
 from sam2_3dmed.data.prepared import PreparedTarget
-from sam2_3dmed.evaluate.evaluation import mode_names, prompt_count
+from sam2_3dmed.config import mode_prompts
+from sam2_3dmed.evaluate.evaluation import mode_names
 from sam2_3dmed.evaluate.metrics import compute_metrics
 from sam2_3dmed.infer import inference as I
 from sam2_3dmed.infer.ensemble import load_ensemble
@@ -44,7 +45,7 @@ def _rows(path):
 def test_mode_names():
     assert mode_names(["auto", "prompted"], (1, 3)) == ["auto", "prompted", "prompted_k3"]
     assert mode_names(["prompted"], (2,)) == ["prompted_k2"]
-    assert [prompt_count(m) for m in ("auto", "prompted", "prompted_k3")] == [0, 1, 3]
+    assert [mode_prompts(m) for m in ("auto", "prompted", "prompted_k3", "prompted_k", "other")] == [0, 1, 3, None, None]
 
 
 def test_ensemble_on_the_test_split_is_the_mean_of_its_folds(tiny):

@@ -250,3 +250,15 @@ def results_root(cfg: dict) -> Path:
     if cfg["run"]["results"]:
         return Path(cfg["run"]["results"])
     return Path("results" if cfg["data"]["source"] == "msd" else "results/demo")
+
+
+def mode_prompts(mode: str) -> int | None:
+    """Simulated prompts of an evaluation mode (``evaluate.modes`` x ``evaluate.prompt_counts``):
+    0 (``auto``), 1 (``prompted``), k (``prompted_k<k>``: k prompts on k slices); None for a
+    mode of another name. The one reader of these names (evaluate writes, the report reads)."""
+    if mode == "auto":
+        return 0
+    if mode == "prompted":
+        return 1
+    k = mode.removeprefix("prompted_k")
+    return int(k) if k != mode and k.isdigit() and k.isascii() else None

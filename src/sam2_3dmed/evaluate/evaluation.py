@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir
-from ..config import target_config
+from ..config import mode_prompts, target_config
 from ..console import log
 from ..data.prepared import PreparedTarget
 from ..data.readers import write_nifti_like
@@ -81,13 +81,6 @@ def mode_names(modes, prompt_counts) -> list[str]:
             raise UserError(f"unknown mode {m!r}: use auto and/or prompted (evaluate.prompt_counts sets how many "
                             f"prompts)")
     return list(dict.fromkeys(out))
-
-
-def prompt_count(mode: str) -> int:
-    """Simulated prompts of a mode: 0 (auto), 1 (prompted), k (prompted_k<k>)."""
-    if mode == "auto":
-        return 0
-    return 1 if mode == "prompted" else int(mode.removeprefix("prompted_k"))
 
 
 @dataclass(frozen=True)
@@ -136,7 +129,7 @@ def evaluate_case(models: Ensemble | LoadedModel, prepared: PreparedTarget, case
     if gt.shape != tuple(geom.original_shape):
         raise InputFileError(f"label shape {gt.shape} differs from the prepared geometry "
                              f"{tuple(geom.original_shape)}: re-run prepare", prepared.path / "cases" / case_id)
-    prompts = {m: (prompts_from_label(label, prompt_kind, prompt_count(m)) or None) if m != "auto" else None
+    prompts = {m: (prompts_from_label(label, prompt_kind, mode_prompts(m)) or None) if m != "auto" else None
                for m in modes}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -240,7 +240,6 @@ def predict_folder(models: list[Path], folder: Path, out_dir: Path, opts: Predic
                 log.info("case %d/%d %s: %d voxels (%.1f ml), %.1f s, peak RSS %.0f MB", i + 1, len(todo), name,
                          info["voxels"], info["volume_ml"], dt, result["peak_rss_mb"][-1])
             progress.advance(bar)
-    result["target"] = ens.target
     if result["failed"]:
         raise UserError(f"{len(result['failed'])} of {len(todo)} case(s) failed ({', '.join(result['failed'])}; "
                         f"reasons above); the other {result['written']} were written", out_dir)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import mode_prompts  # noqa: F401  (also used by tables)
 from ..errors import InputFileError
 
 METRICS = ("dice", "iou", "hd95", "nsd", "assd")
@@ -36,20 +37,8 @@ VARIANT_ORDER = ("full", "no_srpp", "no_bd", "sam2_ft", "no_pretrain", "unet3d")
 
 _VARIANT_RE = re.compile(r"[a-z][a-z0-9_]*")
 _FOLD_RE = re.compile(r"fold([0-9]+)")
-_PROMPTED_K_RE = re.compile(r"prompted_k([0-9]+)")
 ENSEMBLE_DIR = "ensemble"  # RUNS/<target>/<variant>/ensemble/: the folds' ensemble (never a fold<k>)
 ENSEMBLE_SPLIT = "test"    # an ensemble is scored on the held-out test split only
-
-
-def mode_prompts(mode: str) -> int | None:
-    """Simulated prompts of an evaluation mode: 0 (``auto``), 1 (``prompted``), k
-    (``prompted_k<k>``: k prompts on k slices); None for a mode of another name."""
-    if mode == "auto":
-        return 0
-    if mode == "prompted":
-        return 1
-    m = _PROMPTED_K_RE.fullmatch(mode)
-    return int(m[1]) if m else None
 
 
 def mode_sort_key(mode: str) -> tuple:
