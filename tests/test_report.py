@@ -57,6 +57,21 @@ DECIMALS = {"dice": 3, "iou": 3, "nsd": 3, "hd95": 2, "assd": 2}
 HIGHER = {"dice": True, "iou": True, "nsd": True, "hd95": False, "assd": False}
 
 
+TRAIN_FIELDS = ["step", "lr", "loss", "seg", "obj", "srpp", "bd", "grad_norm", "seconds", "bd_gate",
+                "bd_fusion_ratio", "srpp_mae_mm"]
+BANDS = ("err_mm_0_1", "err_mm_1_3", "err_mm_3_inf")
+PERCENTILES = ("sd_p50", "sd_p75", "sd_p90", "sd_p95", "sd_p99", "sd_p100")
+
+
+def boundary_columns(variant: str, mode: str, i: int) -> dict:
+    """The boundary analysis's columns of a fixture row (mL per distance band, mm per
+    percentile): full has fewer errors near the boundary than no_bd, the same far away."""
+    near = (0.4 if variant == "full" else 0.9) + 0.1 * i + (0.05 if mode == "auto" else 0.0)
+    bands = {"err_mm_0_1": near, "err_mm_1_3": 0.3 + 0.02 * i, "err_mm_3_inf": 0.1 + 0.01 * i}
+    pcts = {k: (0.5 + j) * (1.0 if variant == "full" else 1.3) + 0.1 * i for j, k in enumerate(PERCENTILES)}
+    return {**bands, **pcts}
+
+
 def _write_csv(path: Path, fields, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
@@ -106,10 +121,13 @@ def build_tree(root: Path, targets=("spleen",), variants=VARIANTS, folds=FOLDS, 
                 for step in range(1, 21):
                     row = {"step": step, "lr": 1e-4, "loss": 2.0 / step, "seg": 1.0 / step, "obj": 0.5 / step,
                            "srpp": 0.3 / step, "bd": "" if variant == "no_bd" else 0.2 / step,
-                           "grad_norm": 1.0, "seconds": 0.5 + 0.01 * step}
+                           "grad_norm": 1.0, "seconds": 0.5 + 0.01 * step,
+                           # the heads' statistics: the gate opens in full's fold 0 only (ratio 0.001 step)
+                           "bd_gate": "" if variant == "no_bd" else 0.0005 * step * (1 + fold),
+                           "bd_fusion_ratio": "" if variant == "no_bd" else (0.001 * step if fold == 0 else 0.0002),
+                           "srpp_mae_mm": 20.0 / step}
                     train_rows.append(row)
-                _write_csv(run / "train_log.csv", ["step", "lr", "loss", "seg", "obj", "srpp", "bd", "grad_norm",
-                                                   "seconds"], train_rows)
+                _write_csv(run / "train_log.csv", TRAIN_FIELDS, train_rows)
                 _write_csv(run / "val_log.csv", ["step", "mean_dice", *CASES[fold]],
                            [{"step": s, "mean_dice": d, CASES[fold][0]: d - 0.01, CASES[fold][1]: d + 0.01}
                             for s, d in ((10, 0.5), (20, 0.7))])
@@ -129,7 +147,8 @@ def build_tree(root: Path, targets=("spleen",), variants=VARIANTS, folds=FOLDS, 
                         rows.append({"case_id": cid, "mode": mode, "prompt": "" if mode == "auto" else "box", **vals,
                                      "pred_voxels": 900, "gt_voxels": 1000, "gt_volume_ml": 6.75, "seconds": 2.0 + i,
                                      "slices": 12, "slices_per_s": 12 / (2.0 + i), "peak_mem_mb": 650.0,
-                                     "feature_cache_mb": 1.5, "device": "cpu"})
+                                     "feature_cache_mb": 1.5, "device": "cpu",
+                                     **boundary_columns(variant, mode, i)})
                         if predictions:
                             _save(ev / "predictions" / f"{cid}_{mode}.nii.gz", _case_arrays(i)[2])
                 _write_csv(ev / "metrics.csv", list(rows[0]), rows)

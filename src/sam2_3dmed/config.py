@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -262,3 +263,48 @@ def mode_prompts(mode: str) -> int | None:
         return 1
     k = mode.removeprefix("prompted_k")
     return int(k) if k != mode and k.isdigit() and k.isascii() else None
+
+
+#: evaluate.robustness's perturbations -> the prompt kind each one perturbs (None: evaluate.prompt's)
+PERTURBATIONS = {"box_jitter": "box", "point_offset": "point", "key_slice": None}
+#: evaluate.directions's modes: auto mode one direction at a time
+DIRECTION_MODES = {"auto_forward": "forward", "auto_backward": "backward"}
+
+
+@dataclass(frozen=True)
+class ModeInfo:
+    """What an evaluation mode's name says (:func:`mode_info`).
+
+    ``family``: ``main`` (``auto``, ``prompted``, ``prompted_k<k>``: the headline modes),
+    ``direction`` (``auto_forward``/``auto_backward``; ``auto`` is both directions) or
+    ``robustness`` (``box_jitter<pct>``, ``point_offset<pct>``, ``key_slice<pct>``)."""
+
+    name: str
+    family: str
+    n_prompts: int
+    perturbation: str | None = None   # a key of PERTURBATIONS
+    level: float | None = None        # the perturbation's level, a fraction (0.25 for ..25)
+    direction: str | None = None      # forward | backward (auto: None, both)
+
+
+def mode_info(mode: str) -> ModeInfo | None:
+    """The one reader of evaluation mode names (evaluate writes them, the report reads
+    them); None for a name of none of the families."""
+    k = mode_prompts(mode)
+    if k is not None:
+        return ModeInfo(mode, "main", k)
+    if mode in DIRECTION_MODES:
+        return ModeInfo(mode, "direction", 0, direction=DIRECTION_MODES[mode])
+    for name in PERTURBATIONS:
+        pct = mode.removeprefix(name)
+        if pct != mode and pct.isdigit() and pct.isascii():
+            return ModeInfo(mode, "robustness", 1, perturbation=name, level=int(pct) / 100)
+    return None
+
+
+def robustness_mode(perturbation: str, level: float) -> str:
+    """``box_jitter`` at 0.25 -> ``box_jitter25`` (levels are whole percents)."""
+    pct = round(float(level) * 100)
+    if abs(pct - float(level) * 100) > 1e-6:
+        raise UserError(f"evaluate.robustness.{perturbation}: level {level} is not a whole percent (e.g. 0.25)")
+    return f"{perturbation}{pct}"

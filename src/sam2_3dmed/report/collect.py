@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import mode_prompts  # noqa: F401  (also used by tables)
+from ..config import mode_info, mode_prompts  # noqa: F401  (also used by tables)
 from ..errors import InputFileError
 
 METRICS = ("dice", "iou", "hd95", "nsd", "assd")
@@ -39,6 +39,12 @@ _VARIANT_RE = re.compile(r"[a-z][a-z0-9_]*")
 _FOLD_RE = re.compile(r"fold([0-9]+)")
 ENSEMBLE_DIR = "ensemble"  # RUNS/<target>/<variant>/ensemble/: the folds' ensemble (never a fold<k>)
 ENSEMBLE_SPLIT = "test"    # an ensemble is scored on the held-out test split only
+
+
+def is_main_mode(mode: str) -> bool:
+    """auto, prompted, prompted_k<k> (and names of no known family); not a study's mode."""
+    info = mode_info(mode)
+    return info is None or info.family == "main"
 
 
 def mode_sort_key(mode: str) -> tuple:
@@ -123,11 +129,13 @@ class TargetResults:
     runs_dir: Path
     split: str
     runs: list[Run]
-    metrics: pd.DataFrame  # every case row of every run: + variant, fold columns
+    metrics: pd.DataFrame  # every case row of every run in a main mode (auto, prompted, prompted_k<k>): + variant, fold
     variants: list[str]
     modes: list[str]
     notes: list[str] = field(default_factory=list)
     ensembles: list[EnsembleEval] = field(default_factory=list)  # evaluated ones, in variant order
+    # every case row in every mode, the studies' too (direction, prompt robustness: config.mode_info)
+    study_metrics: pd.DataFrame | None = None
 
     def runs_of(self, variant: str) -> list[Run]:
         return [r for r in self.runs if r.variant == variant]
@@ -297,9 +305,12 @@ def collect_target(runs_dir: Path, target: str, split: str, config_variants=()) 
     runs = [load_run(target, v, f, p, split) for v, f, p in found]
     runs.sort(key=lambda r: (variant_sort_key(r.variant, config_variants), r.fold))
     frames = [r.metrics for r in runs if r.metrics is not None]
-    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["variant", "fold", *METRICS_REQUIRED])
+    every = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["variant", "fold", *METRICS_REQUIRED])
+    # the headline, ablation, distributions, per-case table and cost show the main modes; the
+    # studies' modes (auto one direction at a time, perturbed prompts) have their own sections
+    metrics = every[[is_main_mode(m) for m in every["mode"]]].reset_index(drop=True)
     variants = sorted({r.variant for r in runs}, key=lambda v: variant_sort_key(v, config_variants))
-    modes = list(dict.fromkeys(m for r in runs if r.metrics is not None for m in r.metrics["mode"]))
+    modes = list(dict.fromkeys(metrics["mode"]))
     modes.sort(key=mode_sort_key)
     notes = [n for r in runs for n in r.notes]
     ensembles = []
@@ -310,4 +321,4 @@ def collect_target(runs_dir: Path, target: str, split: str, config_variants=()) 
             notes += ens.notes
             if ens.metrics is not None:
                 ensembles.append(ens)
-    return TargetResults(target, Path(runs_dir), split, runs, metrics, variants, modes, notes, ensembles)
+    return TargetResults(target, Path(runs_dir), split, runs, metrics, variants, modes, notes, ensembles, every)

@@ -19,7 +19,7 @@ from ..config import results_root
 from ..console import log
 from ..data.prepared import PreparedTarget
 from ..errors import UserError
-from . import figures, tables
+from . import boundary, figures, heads, studies, tables, viewer
 from .collect import METRICS, TargetResults, collect_target
 from .provenance import provenance
 
@@ -209,6 +209,11 @@ def target_context(cfg: dict, res: TargetResults, prov: dict) -> dict:
         "cases": tables.case_table(res),
         "curves": _curves(res),
         "qualitative": _qualitative(cfg, res, tcfg),
+        "viewer": viewer.context(cfg, res, tcfg),
+        "robustness": studies.robustness(res, labels),
+        "directions": studies.directions(res, labels),
+        "boundary": boundary.context(res),
+        "heads": heads.context(res, float(cfg["report"]["gate_open_ratio"])),
         "cost": tables.cost(res),
         "devices": _devices(res),
         "hu_window": tcfg["hu_window"],
