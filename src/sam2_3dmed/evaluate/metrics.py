@@ -70,6 +70,39 @@ with masks on the array border, far stray voxels and slab seams inside the masks
 A mask that is mostly surface (noise) is the slow case: the KD-tree then holds about as
 many points as there are foreground voxels (still less memory than the EDT).
 
+Boundary profile (:func:`boundary_profile`, or ``compute_metrics(..., bands_mm=, percentiles=)``)
+--------------------------------------------------------------------------------------------------
+Where the errors are, per case:
+
+- **Error voxels by distance band**: the error voxels are ``P xor G`` (false positives and
+  false negatives together). Each is given the distance in mm from its centre to the
+  nearest *surface voxel of G* (the surface above), i.e. ``distance_transform_edt(
+  ~surface_G, sampling=spacing)`` read at the voxel (0 for a false negative on G's
+  surface). With band edges ``0 < e_1 < ... < e_k`` (``bands_mm``, default 1 and 3 mm)
+  the bands are ``[0, e_1]``, ``(e_1, e_2]``, ..., ``(e_k, inf)``; distances and edges
+  are compared after rounding both to float32, as for NSD. Keys ``err_mm_<lo>_<hi>``
+  (``err_mm_0_1``, ``err_mm_1_3``, ``err_mm_3_inf``), edges written with ``%g`` and a
+  ``p`` for the decimal point (``err_mm_0_1p5``); values are voxel counts (int) that sum
+  to ``|P xor G|``.
+- **Surface-distance percentiles**: percentiles (numpy's linear interpolation) of the
+  pooled surface distances of both directions, ``d_PG`` together with ``d_GP``: the
+  same list ASSD averages. Keys ``sd_p<q>`` (``sd_p50``, ..., ``sd_p100``; 100 is the
+  maximum), in mm.
+- Empty masks, as above: both empty: every count and percentile 0; G empty, P not: every
+  error voxel (all of P) in the last band, percentiles = the image diagonal; P empty, G
+  not: the false negatives (all of G) binned by their distance to G's surface,
+  percentiles = the image diagonal.
+
+Computed like the rest: the error voxels are listed slab by slab (``np.argwhere`` of the
+xor inside the bounding box of ``P | G``, about ``_QUERY_BATCH`` voxels per slab) and
+looked up in a KD-tree over G's surface points with ``distance_upper_bound`` just above
+the last finite edge (a voxel farther away is in the last band whatever its exact
+distance, and its search stops early); the distance of each voxel found is computed from
+the integer index difference exactly as for the surface distances, so the band edges
+compare the numbers the EDT would give. ``compute_metrics`` with bands or percentiles
+reuses its surface points, KD-tree and distance lists, and its other keys are the same
+numbers as without them. The textbook computation is ``_boundary(..., reference=True)``.
+
 ``compute_metrics_2d`` is the slice-wise mode some papers report; it is a different
 quantity and must be labelled as such wherever it is shown.
 """
@@ -91,19 +124,53 @@ KEYS = ("dice", "iou", "hd95", "nsd", "assd", "pred_voxels", "gt_voxels")
 # --------------------------------------------------------------------------- public API
 
 
-def compute_metrics(pred, gt, spacing: Sequence[float], tolerance_mm: float) -> dict:
+def compute_metrics(pred, gt, spacing: Sequence[float], tolerance_mm: float,
+                    bands_mm: Sequence[float] | None = None, percentiles: Sequence[float] | None = None) -> dict:
     """3D metrics of a binary prediction against binary ground truth, distances in mm.
 
     ``pred`` and ``gt``: 3D arrays of the same shape (bool, or numeric with nonzero =
     foreground). ``spacing``: voxel size in mm per array axis. ``tolerance_mm``: the NSD
     tolerance. Returns ``{dice, iou, hd95, nsd, assd, pred_voxels, gt_voxels}``; see the
     module docstring for the definitions (MONAI-compatible) and the empty-mask policy.
-    Raises ValueError for arrays on different grids or bad spacing/tolerance.
+    With ``bands_mm`` and/or ``percentiles`` (not None) the result also holds the
+    :func:`boundary_profile` keys for them (``err_mm_*`` counts, ``sd_p*`` in mm),
+    computed from the same surfaces; the other keys do not change.
+    Raises ValueError for arrays on different grids or bad spacing/tolerance/bands.
     """
     p, g = _as_masks(pred, gt, ndim=3)
     sp = _check_spacing(spacing, 3)
     tol = _check_tolerance(tolerance_mm)
-    return _metrics(p, g, sp, tol)
+    edges = None if bands_mm is None else _check_bands(bands_mm)
+    qs = None if percentiles is None else _check_percentiles(percentiles)
+    return _metrics(p, g, sp, tol, edges=edges, qs=qs)
+
+
+def boundary_profile(pred, gt, spacing: Sequence[float], bands_mm: Sequence[float] = (1.0, 3.0),
+                     percentiles: Sequence[float] = (50, 75, 90, 95, 99, 100)) -> dict:
+    """Where the errors are: error voxels by distance to the GT surface, and surface-distance percentiles.
+
+    ``pred``, ``gt``, ``spacing`` as for :func:`compute_metrics`. ``bands_mm``: the band
+    edges in mm (positive, distinct; any order). ``percentiles``: in [0, 100]. Returns
+    ``{err_mm_0_<e1>: int, ..., err_mm_<ek>_inf: int, sd_p<q>: float, ...}`` (see
+    :func:`boundary_keys` and the module docstring): the number of voxels of
+    ``pred xor gt`` whose distance to the nearest ground-truth surface voxel lies in each
+    band, and the percentiles (mm) of the pooled surface distances of both directions.
+    """
+    p, g = _as_masks(pred, gt, ndim=3)
+    sp = _check_spacing(spacing, 3)
+    return _boundary(p, g, sp, _check_bands(bands_mm), _check_percentiles(percentiles))
+
+
+def boundary_keys(bands_mm: Sequence[float] = (1.0, 3.0),
+                  percentiles: Sequence[float] = (50, 75, 90, 95, 99, 100)) -> tuple[list[str], list[str]]:
+    """The key names :func:`boundary_profile` returns: (band keys in band order, percentile keys).
+
+    ``boundary_keys([1, 3], [50, 100])`` is ``(["err_mm_0_1", "err_mm_1_3", "err_mm_3_inf"],
+    ["sd_p50", "sd_p100"])``; a non-integer edge is written with ``p`` for the point
+    (``1.5`` -> ``1p5``). Raises ValueError for bad bands or percentiles, or two values
+    that would give the same name.
+    """
+    return _band_keys(_check_bands(bands_mm)), _percentile_keys(_check_percentiles(percentiles))
 
 
 def compute_metrics_2d(pred, gt, spacing: Sequence[float], tolerance_mm: float, axis: int = 0) -> dict:
@@ -183,20 +250,27 @@ def metrics_from_files(pred_path, gt_path, tolerance_mm: float) -> dict:
 # --------------------------------------------------------------------------- internals
 
 
-def _metrics(p: np.ndarray, g: np.ndarray, sp: tuple, tol: float, reference: bool = False) -> dict:
+def _metrics(p: np.ndarray, g: np.ndarray, sp: tuple, tol: float, reference: bool = False,
+             edges: tuple | None = None, qs: tuple | None = None) -> dict:
     """Metrics of two boolean masks of equal shape and dimension (2D or 3D).
 
     ``reference=True`` runs the textbook computation instead (erosion and two EDTs over
     the whole array, ~50 bytes per voxel): slow and memory-hungry, kept for the tests,
-    which check that both give the same numbers.
+    which check that both give the same numbers. ``edges``/``qs`` (checked band edges
+    and percentiles, or None): add the boundary-profile keys, from the same surfaces.
     """
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
     counts = {"pred_voxels": n_p, "gt_voxels": n_g}
-    if n_p == 0 and n_g == 0:
-        return _checked(dict(dice=1.0, iou=1.0, hd95=0.0, nsd=1.0, assd=0.0, **counts))
+    profile = edges is not None or qs is not None
     if n_p == 0 or n_g == 0:
-        diag = math.sqrt(sum((n * s) ** 2 for n, s in zip(p.shape, sp)))
-        return _checked(dict(dice=0.0, iou=0.0, hd95=diag, nsd=0.0, assd=diag, **counts))
+        if n_p == 0 and n_g == 0:
+            out = dict(dice=1.0, iou=1.0, hd95=0.0, nsd=1.0, assd=0.0, **counts)
+        else:
+            diag = math.sqrt(sum((n * s) ** 2 for n, s in zip(p.shape, sp)))
+            out = dict(dice=0.0, iou=0.0, hd95=diag, nsd=0.0, assd=diag, **counts)
+        if profile:
+            out.update(_boundary(p, g, sp, edges, qs, reference=reference))
+        return _checked(out)
     box_p, box_g = _bbox(p), _bbox(g)
     if reference:
         inter = int(np.count_nonzero(p & g))
@@ -204,18 +278,176 @@ def _metrics(p: np.ndarray, g: np.ndarray, sp: tuple, tol: float, reference: boo
     else:
         inter = _count_both(p, g, box_p, box_g)
         s_p, s_g = _surface_points(p, box_p), _surface_points(g, box_g)
-        d_pg, d_gp = _nearest_distances(s_p, s_g, sp), _nearest_distances(s_g, s_p, sp)
+        tree_g = cKDTree(s_g * np.asarray(sp, dtype=np.float64)) if profile else None
+        d_pg, d_gp = _nearest_distances(s_p, s_g, sp, tree=tree_g), _nearest_distances(s_g, s_p, sp)
     f32 = np.float32(tol)
     within = np.count_nonzero(d_pg.astype(np.float32) <= f32) + np.count_nonzero(d_gp.astype(np.float32) <= f32)
     n_surf = d_pg.size + d_gp.size
-    return _checked(dict(
+    out = dict(
         dice=2.0 * inter / (n_p + n_g),
         iou=inter / (n_p + n_g - inter),
         hd95=float(max(np.percentile(d_pg, 95), np.percentile(d_gp, 95))),
         nsd=within / n_surf,
         assd=float((d_pg.sum() + d_gp.sum()) / n_surf),
         **counts,
-    ))
+    )
+    if profile:
+        if reference:
+            out.update(_boundary(p, g, sp, edges, qs, reference=True))
+        else:
+            out.update(_boundary(p, g, sp, edges, qs, s_g=s_g, tree_g=tree_g, d=(d_pg, d_gp),
+                                 box=_union_box(box_p, box_g)))
+    return _checked(out)
+
+
+def _boundary(p: np.ndarray, g: np.ndarray, sp: tuple, edges: tuple | None, qs: tuple | None,
+              reference: bool = False, s_g=None, tree_g=None, d=None, box=None) -> dict:
+    """The boundary-profile keys (band counts for ``edges``, percentiles for ``qs``; either
+    may be None: no such keys). ``s_g``/``tree_g``/``d``/``box``: G's surface points, their
+    KD-tree, (d_PG, d_GP) and the box of P | G, when the caller has them (else computed).
+    ``reference=True``: the textbook computation (EDT of ~surface(G) over the whole array).
+    """
+    out: dict = {}
+    n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
+    if not reference and n_g and s_g is None:
+        s_g = _surface_points(g, _bbox(g))
+    if not reference and n_g and tree_g is None:
+        tree_g = cKDTree(s_g * np.asarray(sp, dtype=np.float64))
+    if edges is not None:
+        keys = _band_keys(edges)
+        if n_g == 0:  # no surface to be near: every error voxel (all of P) is in the last band
+            counts = np.zeros(len(keys), dtype=np.int64)
+            counts[-1] = n_p
+        elif reference:
+            dist = ndimage.distance_transform_edt(~_surface(g), sampling=np.asarray(sp, dtype=np.float64))[p ^ g]
+            counts = _bin(dist, edges)
+        else:
+            if box is None:
+                box = _bbox(g) if n_p == 0 else _union_box(_bbox(p), _bbox(g))
+            counts = _error_bands(p, g, box, s_g, sp, edges, tree_g)
+        out.update({k: int(c) for k, c in zip(keys, counts)})
+    if qs is not None:
+        if n_p == 0 and n_g == 0:
+            vals = [0.0] * len(qs)
+        elif n_p == 0 or n_g == 0:
+            vals = [math.sqrt(sum((n * s) ** 2 for n, s in zip(p.shape, sp)))] * len(qs)
+        elif qs:
+            if d is None:
+                if reference:
+                    d = _surface_distances_edt(p, g, sp)
+                else:
+                    s_p = _surface_points(p, _bbox(p))
+                    d = _nearest_distances(s_p, s_g, sp, tree=tree_g), _nearest_distances(s_g, s_p, sp)
+            vals = [float(v) for v in np.percentile(np.concatenate(d), list(qs))]
+        else:
+            vals = []
+        out.update({k: float(v) for k, v in zip(_percentile_keys(qs), vals)})
+    return out
+
+
+def _bin(dist: np.ndarray, edges: tuple) -> np.ndarray:
+    """Counts per band ``[0, e1], (e1, e2], ..., (ek, inf)`` of float64 distances, compared in float32."""
+    idx = np.searchsorted(np.asarray(edges, dtype=np.float32), dist.astype(np.float32), side="left")
+    return np.bincount(idx, minlength=len(edges) + 1).astype(np.int64)
+
+
+def _error_bands(p: np.ndarray, g: np.ndarray, box: tuple, s_g: np.ndarray, sp: tuple, edges: tuple,
+                 tree=None) -> np.ndarray:
+    """Band counts of the voxels of ``p ^ g`` (all inside ``box``) by distance to the points ``s_g``.
+
+    Slab by slab (about ``_QUERY_BATCH`` voxels each). Only the error voxels inside the box
+    of ``s_g`` widened by the last edge (plus a voxel) can be that near; they are looked up
+    in the KD-tree over ``s_g`` with an upper bound just above the last edge (not found:
+    the last band), and the distance of the nearest point is then computed from the
+    integer index difference as in :func:`_nearest_distances`. Every other error voxel is
+    only counted, into the last band.
+    """
+    counts = np.zeros(len(edges) + 1, dtype=np.int64)
+    sp_ = np.asarray(sp, dtype=np.float64)
+    ps, gs = p[box], g[box]
+    total = 0
+    for lo, hi in _slabs(ps.shape[0], math.prod(ps.shape[1:]), _QUERY_BATCH):
+        total += int(np.count_nonzero(ps[lo:hi] ^ gs[lo:hi]))
+    if not edges or not total:  # one band, [0, inf): nothing to look up
+        counts[-1] = total
+        return counts
+    if tree is None:
+        tree = cKDTree(s_g * sp_)
+    # generous: the tree's float distance may differ from the exact one by a few ulps, and a
+    # distance just above the edge in float64 can round onto it in float32
+    bound = float(edges[-1]) * (1 + 1e-6) + 1e-9
+    # a voxel more than `margin` voxels beyond the surface's box along an axis is farther than `bound`
+    margin = [int(math.ceil(bound / s)) + 1 for s in sp]
+    g_lo, g_hi = s_g.min(axis=0), s_g.max(axis=0) + 1
+    near = tuple(slice(max(b.start, int(a) - m), min(b.stop, int(z) + m))
+                 for b, a, z, m in zip(box, g_lo, g_hi, margin))
+    queried = 0
+    if all(b.start < b.stop for b in near):
+        offset = np.array([b.start for b in near], dtype=np.int64)
+        ps, gs = p[near], g[near]
+        n = len(s_g)
+        for lo, hi in _slabs(ps.shape[0], math.prod(ps.shape[1:]), _QUERY_BATCH):
+            err = ps[lo:hi] ^ gs[lo:hi]
+            pts = np.argwhere(err)
+            del err
+            if not len(pts):
+                continue
+            pts[:, 0] += lo
+            pts += offset
+            queried += len(pts)
+            for a in range(0, len(pts), _QUERY_BATCH):
+                q = pts[a:a + _QUERY_BATCH]
+                _, j = tree.query(q * sp_, k=1, distance_upper_bound=bound)
+                found = j < n
+                counts[-1] += int(len(q) - np.count_nonzero(found))
+                if found.any():
+                    counts += _bin(_index_distances(s_g[j[found]] - q[found], sp_), edges)
+    counts[-1] += total - queried
+    return counts
+
+
+def _union_box(box_p: tuple, box_g: tuple) -> tuple[slice, ...]:
+    return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box_p, box_g))
+
+
+def _edge_name(x: float) -> str:
+    return ("%g" % x).replace(".", "p")
+
+
+def _band_keys(edges: tuple) -> list[str]:
+    names = ["0", *(_edge_name(e) for e in edges), "inf"]
+    return [f"err_mm_{a}_{b}" for a, b in zip(names[:-1], names[1:])]
+
+
+def _percentile_keys(qs: tuple) -> list[str]:
+    return [f"sd_p{_edge_name(q)}" for q in qs]
+
+
+def _check_bands(bands) -> tuple[float, ...]:
+    try:
+        edges = tuple(float(b) for b in bands)
+    except (TypeError, ValueError):
+        raise ValueError(f"bands_mm must be a list of distances in mm, got {bands!r}") from None
+    if not all(math.isfinite(e) and e > 0 for e in edges):
+        raise ValueError(f"bands_mm must be positive finite distances in mm, got {bands!r}")
+    edges = tuple(sorted(edges))
+    names = [_edge_name(e) for e in edges]
+    if len(set(names)) != len(names):
+        raise ValueError(f"bands_mm must be distinct (as written with %g), got {bands!r}")
+    return edges
+
+
+def _check_percentiles(percentiles) -> tuple[float, ...]:
+    try:
+        qs = tuple(float(q) for q in percentiles)
+    except (TypeError, ValueError):
+        raise ValueError(f"percentiles must be a list of numbers in [0, 100], got {percentiles!r}") from None
+    if not all(math.isfinite(q) and 0 <= q <= 100 for q in qs):
+        raise ValueError(f"percentiles must be numbers in [0, 100], got {percentiles!r}")
+    names = [_edge_name(q) for q in qs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"percentiles must be distinct (as written with %g), got {percentiles!r}")
+    return qs
 
 
 # voxels per slab for the slab-wise passes (erosion, intersection): a few MB of temporaries
@@ -224,9 +456,9 @@ _SLAB_VOXELS = 1 << 22
 _QUERY_BATCH = 1 << 20
 
 
-def _slabs(n0: int, plane: int):
-    """(lo, hi) ranges along axis 0 of about ``_SLAB_VOXELS`` voxels each."""
-    step = max(1, _SLAB_VOXELS // max(1, plane))
+def _slabs(n0: int, plane: int, voxels: int | None = None):
+    """(lo, hi) ranges along axis 0 of about ``voxels`` (default ``_SLAB_VOXELS``) voxels each."""
+    step = max(1, (_SLAB_VOXELS if voxels is None else voxels) // max(1, plane))
     for lo in range(0, n0, step):
         yield lo, min(lo + step, n0)
 
@@ -265,29 +497,35 @@ def _surface_points(mask: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
     return pts
 
 
-def _nearest_distances(src: np.ndarray, dst: np.ndarray, sp: tuple) -> np.ndarray:
+def _nearest_distances(src: np.ndarray, dst: np.ndarray, sp: tuple, tree=None) -> np.ndarray:
     """mm distance from each point of ``src`` to the nearest point of ``dst`` (index coordinates).
 
-    The nearest point comes from a KD-tree over ``dst`` in mm; the distance is then
-    computed from the integer index difference with the same float operations, in the
-    same order, as ``scipy.ndimage.distance_transform_edt(..., sampling=sp)``, so it is the
-    number the EDT of ``~surface(dst)`` holds at each ``src`` voxel.
+    The nearest point comes from a KD-tree over ``dst`` in mm (``tree``, when the caller
+    has built it: ``cKDTree(dst * sp)``); the distance is then computed from the integer
+    index difference with the same float operations, in the same order, as
+    ``scipy.ndimage.distance_transform_edt(..., sampling=sp)``, so it is the number the
+    EDT of ``~surface(dst)`` holds at each ``src`` voxel.
     """
     sp_ = np.asarray(sp, dtype=np.float64)
-    tree = cKDTree(dst * sp_)
+    if tree is None:
+        tree = cKDTree(dst * sp_)
     out = np.empty(len(src), dtype=np.float64)
     for lo in range(0, len(src), _QUERY_BATCH):
         q = src[lo:lo + _QUERY_BATCH]
         _, j = tree.query(q * sp_, k=1)
-        diff = dst[j] - q
-        d2 = np.zeros(len(q), dtype=np.float64)
-        for ax in range(diff.shape[1]):
-            t = diff[:, ax].astype(np.float64)
-            t *= sp_[ax]
-            t *= t
-            d2 += t
-        np.sqrt(d2, out=out[lo:lo + len(q)])
+        out[lo:lo + len(q)] = _index_distances(dst[j] - q, sp_)
     return out
+
+
+def _index_distances(diff: np.ndarray, sp_: np.ndarray) -> np.ndarray:
+    """mm lengths of integer index differences (N x ndim), with the EDT's float operations in its order."""
+    d2 = np.zeros(len(diff), dtype=np.float64)
+    for ax in range(diff.shape[1]):
+        t = diff[:, ax].astype(np.float64)
+        t *= sp_[ax]
+        t *= t
+        d2 += t
+    return np.sqrt(d2)
 
 
 def _surface_distances_edt(p: np.ndarray, g: np.ndarray, sp: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -357,7 +595,7 @@ def _checked(out: dict) -> dict:
     """Plain Python numbers, and a hard guarantee that nothing non-finite leaves."""
     res = {}
     for k, v in out.items():
-        v = int(v) if k in ("pred_voxels", "gt_voxels", "slices") else float(v)
+        v = int(v) if k in ("pred_voxels", "gt_voxels", "slices") or k.startswith("err_mm_") else float(v)
         if not math.isfinite(v):  # unreachable by construction; never let NaN/inf out
             raise RuntimeError(f"metric {k} is not finite ({v})")
         res[k] = v
