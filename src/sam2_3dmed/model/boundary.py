@@ -10,7 +10,9 @@ square structuring element of radius ``width_px``.
 BD-fusion: cross-attention with queries from the boundary-aware features (pooled to the
 low-resolution grid) and keys/values from the slice features; its output is added to the
 image embedding the mask decoder reads through a zero-initialised gate, so at step 0 the
-model equals SAM2 and boundary learning reaches segmentation as the gate opens.
+model equals SAM2 and boundary learning reaches segmentation as the gate opens. How far it
+opens is measured in training (:meth:`BDFusion.pop_fusion_ratio`, logged per step as
+``bd_fusion_ratio``): ||gate * CrossAttn|| / ||pix||.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class BDFusion(nn.Module):
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.proj = nn.Linear(dim, dim)
         self.gate = nn.Parameter(torch.zeros(dim))
+        # how much the fusion changes the pixel features, summed over the training-mode calls
+        # since the last :meth:`pop_fusion_ratio` (a detached device scalar: no host sync per call)
+        self._ratio_sum: torch.Tensor | None = None
+        self._ratio_calls = 0
 
     def forward(self, pix: torch.Tensor, bd_query: torch.Tensor, slice_feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """All (N, C, h, w). Returns pix + gate * CrossAttn(q=bd_query, k=v=slice_feat)."""
@@ -71,7 +77,30 @@ class BDFusion(nn.Module):
         kv = self.norm_kv(tok(slice_feat))
         out, _ = self.attn(q, kv + p, kv, need_weights=False)
         out = self.proj(out).transpose(1, 2).reshape(n, c, h, w)
-        return pix + self.gate.view(1, c, 1, 1) * out
+        delta = self.gate.view(1, c, 1, 1) * out
+        if self.training:
+            with torch.no_grad():
+                r = fusion_ratio(pix, delta)
+                self._ratio_sum = r if self._ratio_sum is None else self._ratio_sum + r
+                self._ratio_calls += 1
+        return pix + delta
+
+    def gate_magnitude(self) -> float:
+        """Mean |gate| over the channels."""
+        return float(self.gate.detach().abs().mean())
+
+    def pop_fusion_ratio(self) -> float | None:
+        """Mean :func:`fusion_ratio` over the training-mode calls since the last pop (None if
+        there was none); resets the running sum."""
+        total, calls = self._ratio_sum, self._ratio_calls
+        self._ratio_sum, self._ratio_calls = None, 0
+        return None if total is None else float(total) / calls
+
+
+def fusion_ratio(pix: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """||delta|| / ||pix||, Frobenius norms over the whole batch (float32; 0-dim, detached):
+    the relative change BD-fusion makes to the pixel features it is given."""
+    return delta.detach().float().norm() / pix.detach().float().norm().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def bd_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

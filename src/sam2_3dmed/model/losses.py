@@ -2,6 +2,9 @@
 
 L = L_seg + w_obj * L_obj + w_srpp * L_srpp + w_bd * L_bd   (:func:`compute_losses`)
 
+Beside the terms, :func:`compute_losses` returns ``srpp_mae_mm`` (:func:`srpp_mae_mm`), the SRPP
+head's error in mm, for the training log; it is detached and not part of L.
+
 The two new terms live beside their heads: the SRPP loss and its targets in
 ``model/srpp.py`` (:func:`~.srpp.srpp_loss`, :func:`~.srpp.srpp_targets`), the class-balanced
 boundary loss in ``model/boundary.py`` (:func:`~.boundary.bd_loss`,
@@ -58,6 +61,39 @@ def object_loss(obj_logits, present, valid) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(obj_logits[valid], present[valid].float())
 
 
+def srpp_mae_mm(pred: torch.Tensor, target: torch.Tensor, z_mm: torch.Tensor, slice_index: torch.Tensor,
+                valid: torch.Tensor | None, mode: str = "mm", scale_mm: float = 10.0) -> torch.Tensor:
+    """The SRPP head's mean absolute error in mm over the pairs :func:`~.srpp.srpp_loss` uses
+    (ordered pairs i != j of valid slices, pooled over the batch); detached, 0-dim.
+
+    ``mode="mm"``: targets are (z_j - z_i) / scale_mm, so errors are scaled by ``scale_mm``;
+    ``"index"``: targets are index differences, so each clip's errors are scaled by its slice
+    spacing, sum |z_j - z_i| / sum |index_j - index_i| over its pairs. NaN without any pair.
+    """
+    with torch.no_grad():
+        pred = pred.detach().float()
+        target = target.to(pred.device).float()
+        b, d, _ = pred.shape
+        pair = ~torch.eye(d, dtype=torch.bool, device=pred.device).expand(b, d, d)
+        if valid is not None:
+            v = valid.to(pred.device).bool()
+            pair = pair & v[:, :, None] & v[:, None, :]
+        err = (pred - target).abs()
+        if mode == "mm":
+            err = err * scale_mm
+        elif mode == "index":
+            z = z_mm.to(pred.device).double()
+            idx = slice_index.to(pred.device).double()
+            dz = (z[:, None, :] - z[:, :, None]).abs()
+            di = (idx[:, None, :] - idx[:, :, None]).abs()
+            spacing = (dz * pair).sum((1, 2)) / (di * pair).sum((1, 2)).clamp_min(1.0)  # (B,)
+            err = err * spacing.float()[:, None, None]
+        else:
+            raise ValueError(f"unknown SRPP target mode {mode!r}")
+        # sum / count instead of err[pair].mean(): no host sync; 0 / 0 = NaN without a pair
+        return (err * pair).sum() / pair.sum()
+
+
 def compute_losses(out: dict, batch: dict, cfg: dict) -> dict:
     """Every loss term of one clip batch (``loss`` = their weighted total), from the model's
     outputs (heads it lacks are None) and the batch of ``train/dataset.py``."""
@@ -77,8 +113,12 @@ def compute_losses(out: dict, batch: dict, cfg: dict) -> dict:
         total = total + lcfg["w_obj"] * terms["obj"]
     if out["srpp"] is not None:
         tgt = srpp_targets(batch["z_mm"], batch["slice_index"], mcfg["srpp_target"], mcfg["srpp_scale_mm"])
-        terms["srpp"] = srpp_loss(out["srpp"], tgt.to(out["srpp"].device), valid)
+        tgt = tgt.to(out["srpp"].device)
+        terms["srpp"] = srpp_loss(out["srpp"], tgt, valid)
         total = total + lcfg["w_srpp"] * terms["srpp"]
+        # a statistic for the logs, not a loss term: never part of ``total``
+        terms["srpp_mae_mm"] = srpp_mae_mm(out["srpp"], tgt, batch["z_mm"], batch["slice_index"], valid,
+                                           mcfg["srpp_target"], mcfg["srpp_scale_mm"])
     if out["bd_logits"] is not None:
         bt = boundary_targets(mask.flatten(0, 1)[:, None], mcfg["bd_width_px"])
         terms["bd"] = bd_loss(out["bd_logits"].flatten(0, 1)[:, None], bt, valid.flatten())

@@ -2,7 +2,8 @@
 
 Outputs in OUT/:
   last.pt, best.pt   trainable weights + optimiser/scheduler/RNG state + full config
-  train_log.csv      one row per step: every loss term separately, lr, grad norm, time
+  train_log.csv      one row per step: every loss term separately, lr, grad norm, time, and the
+                     new heads' statistics (bd_gate, bd_fusion_ratio, srpp_mae_mm)
   val_log.csv        one row per validation: whole-volume 3D Dice per case and mean
   train_summary.json final state (steps, best Dice, timings, parameter counts)
 
@@ -39,13 +40,18 @@ from ..data.prepared import PreparedTarget
 from ..device import peak_memory_mb, pick_device
 from ..errors import UserError
 from ..infer.inference import InferenceSettings, dice, predict_prepared
+from ..model.boundary import BDFusion
 from ..model.checkpoint import load_checkpoint, load_trainable, save_checkpoint, sha256_file
 from ..model.factory import build_model, encoder_frozen
 from ..model.losses import compute_losses
 from ..model.prompts import clip_prompts
 from .dataset import ClipDataset
 
-TRAIN_FIELDS = ["step", "lr", "loss", "seg", "obj", "srpp", "bd", "grad_norm", "seconds"]
+#: the heads' statistics follow the losses: mean |gate| of BD-fusion after the step, the relative
+#: change fusion made to the pixel features in the step (mean over its calls), and the SRPP head's
+#: error in mm; empty for a model without the head (as srpp/bd)
+TRAIN_FIELDS = ["step", "lr", "loss", "seg", "obj", "srpp", "bd", "grad_norm", "seconds", "bd_gate",
+                "bd_fusion_ratio", "srpp_mae_mm"]
 #: a stream of the run's seed kept for prompt simulation (apart from clip sampling and init)
 PROMPT_STREAM = 7
 #: exit code of a run stopped by ``stop_after_step`` (a simulated interruption, for tests)
@@ -230,6 +236,9 @@ class Trainer:
         t, dev = self.tcfg, self.device
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        fusions = [m for m in self.model.modules() if isinstance(m, BDFusion)]
+        for m in fusions:  # count this step's forward passes only (not a validation's)
+            m.pop_fusion_ratio()
         sums: dict[str, float] = {}
         for _ in range(t["grad_accum"]):
             batch = next(batches)
@@ -243,6 +252,8 @@ class Trainer:
             (terms["loss"] / t["grad_accum"]).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / t["grad_accum"]
+        if not math.isfinite(sums.get("srpp_mae_mm", 0.0)):  # no pair of valid slices: an empty cell
+            del sums["srpp_mae_mm"]
         if t["grad_clip"] > 0:
             gn = float(torch.nn.utils.clip_grad_norm_(self.trainable, t["grad_clip"]))
         else:
@@ -250,8 +261,14 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        heads = {}
+        if fusions:  # absent keys are written as empty cells
+            heads["bd_gate"] = float(np.mean([m.gate_magnitude() for m in fusions]))
+            ratios = [r for r in (m.pop_fusion_ratio() for m in fusions) if r is not None]
+            if ratios:
+                heads["bd_fusion_ratio"] = float(np.mean(ratios))
         return {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": gn,
-                "seconds": time.perf_counter() - t0, **sums}
+                "seconds": time.perf_counter() - t0, **sums, **heads}
 
     def validate(self) -> dict[str, float]:
         """3D Dice of each validation case, whole volumes through the inference path."""
