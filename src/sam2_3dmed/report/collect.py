@@ -201,7 +201,9 @@ def read_metrics(path: Path) -> pd.DataFrame:
         raise InputFileError("malformed metrics.csv: no case rows", path)
     if (df["case_id"].str.strip() == "").any() or (df["mode"].str.strip() == "").any():
         raise InputFileError("malformed metrics.csv: empty case_id or mode", path)
-    df = _numeric(df, METRICS_NUMERIC, path, allow_empty=tuple(c for c in METRICS_NUMERIC if c not in METRICS))
+    # + the boundary analysis's columns (err_mm_<lo>_<hi> in mL, sd_p<q> in mm: report/boundary.py)
+    numeric = (*METRICS_NUMERIC, *(c for c in df.columns if re.fullmatch(r"(err_mm_|sd_p)[0-9][0-9a-z+_-]*", c)))
+    df = _numeric(df, numeric, path, allow_empty=tuple(c for c in numeric if c not in METRICS))
     for c in METRICS:  # evaluate never writes inf; tables and figures would show garbage
         bad = ~np.isfinite(df[c].to_numpy())
         if bad.any():
@@ -322,3 +324,19 @@ def collect_target(runs_dir: Path, target: str, split: str, config_variants=()) 
             if ens.metrics is not None:
                 ensembles.append(ens)
     return TargetResults(target, Path(runs_dir), split, runs, metrics, variants, modes, notes, ensembles, every)
+
+
+def fingerprint(cfg: dict, target: str) -> tuple[dict | None, Path, str | None]:
+    """The prepared target's fingerprint (through the one reader of prepared folders), or
+    why the report goes without it."""
+    from ..data.prepared import PreparedTarget
+    from ..errors import UserError
+
+    prepared = PreparedTarget(Path(cfg["data"]["prepared"]) / target)
+    path = prepared.path / "fingerprint.json"
+    if not path.is_file():
+        return None, path, f"{path} not found: no images for qualitative figures"
+    try:
+        return prepared.fingerprint, path, None
+    except (OSError, UserError) as exc:
+        return None, path, f"{path} could not be read ({type(exc).__name__}): no qualitative figures"

@@ -17,10 +17,9 @@ import jinja2
 from ..atomic import atomic_file
 from ..config import results_root
 from ..console import log
-from ..data.prepared import PreparedTarget
 from ..errors import UserError
 from . import boundary, figures, heads, studies, tables, viewer
-from .collect import METRICS, TargetResults, collect_target
+from .collect import METRICS, TargetResults, collect_target, fingerprint
 from .provenance import provenance
 
 ARXIV = "arXiv 2510.08967"
@@ -62,17 +61,7 @@ def _pretrained_by_variant(cfg: dict, res: TargetResults) -> dict[str, bool | No
     return out
 
 
-def _fingerprint(cfg: dict, target: str) -> tuple[dict | None, Path, str | None]:
-    """The prepared target's fingerprint (through the one reader of prepared folders), or
-    why the report goes without it."""
-    prepared = PreparedTarget(Path(cfg["data"]["prepared"]) / target)
-    path = prepared.path / "fingerprint.json"
-    if not path.is_file():
-        return None, path, f"{path} not found: no images for qualitative figures"
-    try:
-        return prepared.fingerprint, path, None
-    except (OSError, UserError) as exc:
-        return None, path, f"{path} could not be read ({type(exc).__name__}): no qualitative figures"
+_fingerprint = fingerprint
 
 
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, figures.GridMismatch)
