@@ -15,14 +15,15 @@ import yaml
 from sam2_3dmed.config import deep_merge, load_config
 
 #: 64 px, the tiny backbone from random init with one adapter block and one SRPP layer,
-#: clips of 3, 6 steps, one validation case, auto mode only.
+#: clips of 3, 6 steps, one validation case, auto mode only (no studies).
 TINY_CONFIG = {
     "splits": {"folds": 2, "test_fraction": 0.0},
     "targets": {"spleen": {"spacing_mm": [1.5, 1.5]}},
     "model": {"image_size": 64, "pretrained": False, "adapter_blocks": 1, "srpp_layers": 1},
     "train": {"clip_length": 3, "steps": 6, "warmup_steps": 2, "checkpoint_every": 2, "val_every": 3,
               "num_workers": 0, "val_max_cases": 1, "lr": 1e-3, "lr_encoder": 1e-4},
-    "evaluate": {"modes": ["auto"]},
+    # the direction study off (two more propagations per case); tests/test_studies.py turns it on
+    "evaluate": {"modes": ["auto"], "directions": False},
     "run": {"targets": ["spleen"]},
 }
 

@@ -487,7 +487,7 @@ def test_snakemake_sigint_then_rerun_redoes_nothing_finished(tmp_path):
     out = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, out[-4000:]
     jobs = job_counts(out)
-    assert jobs == {"train": 1, "evaluate": 1, "report": 1, "all": 1}, jobs  # no synth, no prepare
+    assert jobs == {"train": 1, "curves": 1, "evaluate": 1, "report": 1, "all": 1}, jobs  # no synth, no prepare
     assert _mtimes(proj / "data") == data_before, "finished data jobs' outputs were touched"
     train_log = (proj / "results/demo/logs/train/spleen_full_fold0.log").read_text()
     assert "resuming spleen/full/fold 0 from step" in train_log, train_log[-2000:]  # not trained over again

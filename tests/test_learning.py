@@ -110,8 +110,10 @@ def test_full_variant_learns_synthetic_spleen(trained):
 
 def test_evaluate_scores_auto_and_prompted_in_original_space(trained):
     out = trained["root"] / "eval"
+    # the main modes (the studies' modes run in the demo and in tests/test_studies.py)
     r = run_cli("evaluate", "--config", REPO / "config" / "demo.yaml", "--target", "spleen", "--fold", "0",
-                "--run", trained["run"], "--prepared", trained["prep"], "--out", out, "--device", "cpu")
+                "--run", trained["run"], "--prepared", trained["prep"], "--out", out, "--device", "cpu",
+                "--no-studies")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     val = PreparedTarget(trained["prep"]).cases(0, "val")

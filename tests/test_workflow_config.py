@@ -23,7 +23,7 @@ from sam2_3dmed.config import DEFAULT_WORKFLOW_CONFIG, load_config, workflow_con
 from sam2_3dmed.errors import ConfigError
 
 TINY = tiny_workflow_config(splits={"folds": 3})  # one target, one variant, one fold (dry runs only)
-ONE_OF_EACH = {"synth": 1, "prepare": 1, "train": 1, "evaluate": 1, "report": 1, "all": 1}
+ONE_OF_EACH = {"synth": 1, "prepare": 1, "train": 1, "curves": 1, "evaluate": 1, "report": 1, "all": 1}
 # config/demo.yaml has a held-out test split and synthetic test images: the fold's model is
 # also scored on the test split (an ensemble of one fold) and predicts the test images
 DEMO_JOBS = {**ONE_OF_EACH, "evaluate_ensemble": 1, "predict_test_images": 1}

@@ -6,7 +6,7 @@ and DVC. Then:
 
 * the workflow runs (synth, prepare, train, evaluate, report), then ``dvc repro demo``
   records it in dvc.lock without redoing any job; ``dvc metrics show`` reads the
-  evaluation summaries;
+  evaluation summaries (numbers only) and ``dvc plots show`` every run's curves;
 * a second ``dvc repro`` does nothing;
 * changing one target's parameter re-runs that target's jobs only (Snakemake's params
   trigger: each job carries the config sections it reads), checked both on the dry-run
@@ -79,6 +79,20 @@ def test_dvc_repro_after_the_workflow_then_is_a_no_op(project):
     shown = json.loads(metrics)
     text = json.dumps(shown)
     assert "fold0_val.json" in text and "dice" in text, metrics
+    # the metrics files hold numbers only: DVC reads every one of them
+    assert not any(shown.get(rev, {}).get("error") for rev in shown), metrics
+    for rev in shown.values():
+        for path, entry in rev.get("data", {}).items():
+            assert "error" not in entry, (path, entry)
+            assert "data" in entry and entry["data"]["auto"]["dice"]["mean"] >= 0, (path, entry)
+    plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project).stdout)
+    drawn = set(plots["data"])
+    for t in ("spleen", "pancreas"):
+        for kind in ("train", "val"):
+            assert f"results/demo/plots/{kind}/{t}/full/fold0.csv" in drawn, sorted(drawn)
+    spec = plots["data"]["results/demo/plots/val/spleen/full/fold0.csv"][0]["content"]
+    assert spec["encoding"]["x"]["field"] == "step" and "mean_dice" in json.dumps(spec)
+    assert {o["path"] for o in lock["stages"]["demo"]["outs"]} >= {"results/demo/plots"}
     second = sh("dvc", "repro", "demo", cwd=project)
     assert "didn't change, skipping" in second.stdout and "Running stage" not in second.stdout, second.stdout
     assert dry_run_jobs(project) == {}
@@ -91,7 +105,7 @@ def test_changing_one_target_reruns_only_that_target(project):
     cfg["targets"]["pancreas"]["hu_window"] = [-120, 260]
     (project / "config" / "demo.yaml").write_text(yaml.safe_dump(cfg))
     jobs = dry_run_jobs(project)
-    assert jobs == {"prepare": 1, "train": 1, "evaluate": 1, "report": 1, "all": 1}, jobs
+    assert jobs == {"prepare": 1, "train": 1, "curves": 1, "evaluate": 1, "report": 1, "all": 1}, jobs
     spleen_ckpt = project / "results/demo/runs/spleen/full/fold0/last.pt"
     pancreas_ckpt = project / "results/demo/runs/pancreas/full/fold0/last.pt"
     before = (spleen_ckpt.stat().st_mtime_ns, pancreas_ckpt.stat().st_mtime_ns)

@@ -71,7 +71,7 @@ def plan(tmp_path_factory):
 
 def test_job_counts(plan):
     _, text = plan
-    assert job_counts(text) == {"synth": 2, "prepare": 2, "train": 12, "evaluate": 12, "evaluate_ensemble": 4,
+    assert job_counts(text) == {"synth": 2, "prepare": 2, "train": 12, "curves": 12, "evaluate": 12, "evaluate_ensemble": 4,
                                 "predict_test_images": 4, "report": 1, "all": 1}
 
 
@@ -142,7 +142,7 @@ def test_without_test_split_or_test_images_the_rules_stay_out(tmp_path):
     cfg = tiny_workflow_config()  # test_fraction 0, no synthetic test images
     proj = make_project(tmp_path, cfg)
     counts = job_counts(dry_run(proj))
-    assert counts == {"synth": 1, "prepare": 1, "train": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert counts == {"synth": 1, "prepare": 1, "train": 1, "curves": 1, "evaluate": 1, "report": 1, "all": 1}
     # a test split but no test images: the ensemble is evaluated, nothing is predicted
     text = dry_run(proj, "--config", 'splits={"test_fraction": 0.2}')
     assert job_counts(text) == {**counts, "evaluate_ensemble": 1}

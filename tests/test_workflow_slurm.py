@@ -82,7 +82,7 @@ def test_dag_3_targets_2_variants_2_folds(tmp_path):
     proj = make_project(tmp_path, GRID)
     out = sh("snakemake", "-n", "--cores", "1", "--configfile", "config/run.yaml", cwd=proj).stdout
     # + per target x variant: the folds' ensemble on the test split, and its predictions of imagesTs
-    assert job_counts(out) == {"synth": 3, "prepare": 3, "train": 12, "evaluate": 12, "evaluate_ensemble": 6,
+    assert job_counts(out) == {"synth": 3, "prepare": 3, "train": 12, "curves": 12, "evaluate": 12, "evaluate_ensemble": 6,
                                "predict_test_images": 6, "report": 1, "all": 1}
 
 
@@ -101,7 +101,7 @@ def test_slurm_profile_dry_run(tmp_path):
               cwd=proj)
     text = proc.stdout + proc.stderr
     assert "Using profiles slurm and workflow specific profile" in text
-    assert job_counts(proc.stdout) == {"synth": 1, "prepare": 1, "train": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert job_counts(proc.stdout) == {"synth": 1, "prepare": 1, "train": 1, "curves": 1, "evaluate": 1, "report": 1, "all": 1}
     res = job_resources(proc.stdout)
     assert "gpu=1" in res["train"] and "cpus_per_task=8" in res["train"], res["train"]
     assert "gpu=1" in res["evaluate"], res["evaluate"]

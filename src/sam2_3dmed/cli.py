@@ -218,6 +218,7 @@ def evaluate_cmd(
     base_weights: Optional[Path] = typer.Option(None, "--base-weights", help="SAM2 weights the model was trained on (default: model.checkpoint)."),
     max_cases: Optional[int] = typer.Option(None, "--max-cases", min=1, help="Score only the first N cases of the split."),
     prompt_counts: Optional[str] = typer.Option(None, "--prompt-counts", help="Comma-separated numbers of simulated prompts for prompted mode, e.g. 1,3 (default: evaluate.prompt_counts)."),
+    studies: bool = typer.Option(True, "--studies/--no-studies", help="With one model: also the direction study (auto_forward, auto_backward: evaluate.directions) and the prompt-robustness modes (evaluate.robustness)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (only after the new one is complete)."),
 ) -> None:
     """Predict and score every validation (or test) case in auto and prompted mode, in 3D, in mm."""
@@ -239,7 +240,7 @@ def evaluate_cmd(
     dest = evaluate_run(cfg, EvalJob(target, variant, fold, tuple(run), out, prepared=prepared, split=split,
                                      modes=tuple(mode_list) if mode_list else None, checkpoint=checkpoint,
                                      device=device, base_weights=base_weights, max_cases=max_cases,
-                                     overwrite=overwrite, prompt_counts=counts))
+                                     overwrite=overwrite, prompt_counts=counts, studies=studies))
     what = f"fold {fold}" if len(run) == 1 else f"ensemble of {len(run)} runs"
     _ok(f"evaluated {target}/{variant}/{what} -> {dest}", cost=True)
 

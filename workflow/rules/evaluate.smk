@@ -12,7 +12,7 @@ rule evaluate:
         weights=_weights,
     output:
         folder=directory(f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/eval/{EVAL_SPLIT}"),
-        # a copy of summary.json outside the run folders, for `dvc metrics show`
+        # a copy of metrics.json (summary.json's numbers) outside the run folders, for `dvc metrics show`
         metrics=f"{METRICS}/{{target}}/{{variant}}/fold{{fold}}_{EVAL_SPLIT}.json",
     conda:
         CONDA_ENV
@@ -39,7 +39,7 @@ rule evaluate:
         "sam2-3dmed evaluate --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
         " --fold {wildcards.fold} --run {params.run:q} --prepared {input.prepared:q} --out {output.folder:q}"
         " --device {params.device:q}"
-        " --overwrite > {log:q} 2>&1 && cp {output.folder:q}/summary.json {output.metrics:q}"
+        " --overwrite > {log:q} 2>&1 && cp {output.folder:q}/metrics.json {output.metrics:q}"
 
 
 # The ensemble: one job per target x variant, every fold's model of run.folds together
@@ -59,7 +59,7 @@ rule evaluate_ensemble:
         weights=_weights,
     output:
         folder=directory(f"{RUNS}/{{target}}/{{variant}}/ensemble/eval/test"),
-        # a copy of summary.json outside the run folders, for `dvc metrics show`
+        # a copy of metrics.json (summary.json's numbers) outside the run folders, for `dvc metrics show`
         metrics=f"{METRICS}/{{target}}/{{variant}}/ensemble_test.json",
     conda:
         CONDA_ENV
@@ -88,4 +88,4 @@ rule evaluate_ensemble:
         "sam2-3dmed evaluate --config {params.config:q} --target {wildcards.target:q} --variant {wildcards.variant:q}"
         " --fold {params.fold} {params.runs} --split test --prepared {input.prepared:q} --out {output.folder:q}"
         " --device {params.device:q}"
-        " --overwrite > {log:q} 2>&1 && cp {output.folder:q}/summary.json {output.metrics:q}"
+        " --overwrite > {log:q} 2>&1 && cp {output.folder:q}/metrics.json {output.metrics:q}"

@@ -11,6 +11,7 @@ Outputs (written to a temp folder, then renamed into place)::
 
     OUT/metrics.csv     a row per case and mode: metrics, voxel counts, timings, memory
     OUT/summary.json    per mode and metric: mean, std, median, min, max, n; plus provenance
+    OUT/metrics.json    the same statistics, numbers only (what `dvc metrics show` reads)
     OUT/predictions/<case>_<mode>.nii.gz   the masks, on the original grid (evaluate.save_predictions)
 
 Several run folders make an ensemble (``infer/ensemble.py``: probabilities averaged before
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir
-from ..config import mode_prompts, target_config
+from ..config import PERTURBATIONS, mode_info, robustness_mode, target_config
 from ..console import log
 from ..data.prepared import PreparedTarget
 from ..data.readers import write_nifti_like
@@ -44,7 +45,7 @@ from ..errors import InputFileError, UserError
 from ..infer.ensemble import Ensemble, as_ensemble, load_ensemble
 from ..infer.inference import InferenceSettings, predict_prepared_modes, to_mask
 from ..model.checkpoint import LoadedModel
-from ..model.prompts import prompts_from_label
+from ..model.prompts import perturbation_draw, perturbed_prompt, prompts_from_label
 from .metrics import compute_metrics
 
 METRICS = ("dice", "iou", "hd95", "nsd", "assd")
@@ -83,6 +84,45 @@ def mode_names(modes, prompt_counts) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def study_modes(ecfg: dict, modes: list[str]) -> list[str]:
+    """The studies' modes a single model's evaluation adds to ``modes`` (config.mode_info):
+    ``auto_forward``/``auto_backward`` (``evaluate.directions``, with ``auto``) and one
+    prompt-robustness mode per level of ``evaluate.robustness`` (with a prompted mode)."""
+    out = []
+    if ecfg["directions"] and "auto" in modes:
+        out += ["auto_forward", "auto_backward"]
+    if any(m != "auto" for m in modes):
+        for name in PERTURBATIONS:
+            out += [robustness_mode(name, level) for level in ecfg["robustness"][name]]
+    return [m for m in dict.fromkeys(out) if m not in modes]
+
+
+def case_prompts(mode: str, label, kind: str, draw) -> list | None:
+    """The simulated prompts of one case in one mode (None: no prompt, auto mode or an
+    empty label): evaluate.prompt's ``kind`` on 1 or k slices (main modes), or a perturbed
+    prompt (robustness modes: box_jitter a box, point_offset a click, key_slice ``kind``)."""
+    info = mode_info(mode)
+    if info is None:
+        raise UserError(f"unknown evaluation mode {mode!r}")
+    if info.family == "robustness":
+        p = perturbed_prompt(label, PERTURBATIONS[info.perturbation] or kind, info.perturbation, info.level, draw)
+        return None if p is None else [p]
+    if info.n_prompts == 0:
+        return None
+    return prompts_from_label(label, kind, info.n_prompts) or None
+
+
+def boundary_columns(bands_mm, percentiles) -> list[str]:
+    """metrics.csv's boundary-analysis columns for ``evaluate.boundary_bands_mm`` and
+    ``evaluate.surface_percentiles`` (the names evaluate/metrics.py gives them)."""
+    def edge(v: float) -> str:
+        return "inf" if v == float("inf") else f"{v:g}".replace(".", "p")
+
+    edges = [0.0, *map(float, bands_mm), float("inf")]
+    return ([f"err_mm_{edge(a)}_{edge(b)}" for a, b in zip(edges, edges[1:])]
+            + [f"sd_p{edge(float(q))}" for q in percentiles])
+
+
 @dataclass(frozen=True)
 class EvalJob:
     """One evaluation: which run(s), on what, how (CLI options; None = the config's evaluate.*).
@@ -106,6 +146,7 @@ class EvalJob:
     overwrite: bool = False
     save_predictions: bool | None = None
     prompt_counts: tuple[int, ...] | None = None  # default: evaluate.prompt_counts
+    studies: bool | None = None          # direction and prompt-robustness modes (single models); default: on
 
     @property
     def run_dirs(self) -> tuple[Path, ...]:
@@ -114,52 +155,93 @@ class EvalJob:
 
 def evaluate_case(models: Ensemble | LoadedModel, prepared: PreparedTarget, case_id: str, modes: list[str],
                   settings: InferenceSettings, labels: list[int], tolerance_mm: float, prompt_kind: str,
-                  predictions: Path | None = None, progress_label: str = "") -> list[dict]:
+                  predictions: Path | None = None, progress_label: str = "", seed: int = 0,
+                  bands_mm=(), percentiles=()) -> list[dict]:
     """Predict one case in each mode, map it back, score it against its ORIGINAL label
-    file; one metrics row per mode (masks written to ``predictions/`` when given).
+    file; one metrics row per mode, in the order of ``modes`` (masks written to
+    ``predictions/`` when given).
 
-    The volume is encoded once per model and propagated once per mode; a row's ``seconds``
-    is what that mode alone costs (the encoding, its propagation, mapping back)."""
+    The volume is encoded once per model and propagated once per distinct prediction:
+    modes asking for the same one (the same prompts and passes, e.g. ``box_jitter0`` and
+    ``prompted`` with a box) share it. A row's ``seconds`` is what that mode alone costs
+    (the encoding, its propagation, mapping back). With one model each mode is mapped
+    back and scored as soon as it is propagated, so one mode's probabilities are held at
+    a time; an ensemble accumulates every mode over its members first."""
     ens = as_ensemble(models)
     device = ens.device
     # memory-mapped, in its storage dtype: inference reads it a chunk of slices at a time
     image, label, geom = prepared.case(case_id, mmap=True)
     gt, gt_vol = prepared.original_label(case_id, labels)
     spacing = gt_vol.spacing
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     if gt.shape != tuple(geom.original_shape):
         raise InputFileError(f"label shape {gt.shape} differs from the prepared geometry "
                              f"{tuple(geom.original_shape)}: re-run prepare", prepared.path / "cases" / case_id)
-    prompts = {m: (prompts_from_label(label, prompt_kind, mode_prompts(m)) or None) if m != "auto" else None
-               for m in modes}
+    draw = perturbation_draw(seed, case_id)
+    prompts = {m: case_prompts(m, label, prompt_kind, draw) for m in modes}
+    passes = {m: mode_info(m).direction for m in modes if mode_info(m).direction}
+    source: dict[str, str] = {}
+    first: dict = {}
+    for m in modes:  # the first mode of each distinct (prompts, passes) predicts for all of them
+        source[m] = first.setdefault((repr(prompts[m]), passes.get(m)), m)
+    unique = [m for m in modes if source[m] == m]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    rows: dict[str, dict] = {}
+
+    def score(mode: str, prob: np.ndarray, seconds: float, cache_bytes: int) -> None:
+        t0 = time.perf_counter()
+        mask, _ = to_mask(prob, geom, settings)
+        del prob
+        seconds += time.perf_counter() - t0
+        m = compute_metrics(mask, gt, spacing, tolerance_mm, bands_mm=bands_mm or None,
+                            percentiles=percentiles or None)
+        extra = {k: (v * voxel_ml if k.startswith("err_mm_") else v) for k, v in m.items()
+                 if k.startswith(("err_mm_", "sd_p"))}
+        for alias in (a for a in modes if source[a] == mode):
+            if predictions is not None:
+                write_nifti_like(mask, gt_vol, predictions / f"{case_id}_{alias}.nii.gz")
+            kind = mode_kind(alias, prompt_kind)
+            rows[alias] = {
+                "case_id": case_id, "mode": alias,
+                "prompt": "" if kind is None else (kind if prompts[alias] else "none (empty label)"),
+                "n_prompts": len(prompts[alias] or []),
+                **{k: m[k] for k in METRICS}, "pred_voxels": m["pred_voxels"], "gt_voxels": m["gt_voxels"],
+                "gt_volume_ml": m["gt_voxels"] * voxel_ml,
+                "seconds": seconds, "slices": image.shape[0], "slices_per_s": image.shape[0] / seconds,
+                "peak_mem_mb": None, "feature_cache_mb": cache_bytes / 2 ** 20,
+                "device": str(device), **extra,
+            }
+            log.info("%s %s: Dice %.4f, HD95 %.2f mm, NSD %.4f, %.1f s", case_id, alias, m["dice"], m["hd95"],
+                     m["nsd"], seconds)
+
     stats: dict = {}
-    probs = predict_prepared_modes(ens, image, prompts, settings, f"{case_id} {progress_label}".strip(), stats)
+    label_text = f"{case_id} {progress_label}".strip()
+    prompts_unique = {m: prompts[m] for m in unique}
+    if len(ens) == 1:
+        predict_prepared_modes(ens, image, prompts_unique, settings, label_text, stats, passes=passes,
+                               on_mode=lambda m, p, s: score(m, p, s["seconds"], s["feature_cache_bytes"]))
+    else:
+        probs = predict_prepared_modes(ens, image, prompts_unique, settings, label_text, stats, passes=passes)
+        for m in unique:
+            score(m, probs.pop(m), stats[m]["seconds"], stats[m]["feature_cache_bytes"])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    peak = peak_memory_mb(device)
-    rows = []
-    for mode in modes:
-        t0 = time.perf_counter()
-        mask, _ = to_mask(probs.pop(mode), geom, settings)
-        seconds = stats[mode]["seconds"] + time.perf_counter() - t0
-        m = compute_metrics(mask, gt, spacing, tolerance_mm)
-        if predictions is not None:
-            write_nifti_like(mask, gt_vol, predictions / f"{case_id}_{mode}.nii.gz")
-        n_prompts = len(prompts[mode] or [])
-        rows.append({
-            "case_id": case_id, "mode": mode,
-            "prompt": "" if mode == "auto" else (prompt_kind if prompts[mode] else "none (empty label)"),
-            "n_prompts": n_prompts,
-            **{k: m[k] for k in METRICS}, "pred_voxels": m["pred_voxels"], "gt_voxels": m["gt_voxels"],
-            "gt_volume_ml": m["gt_voxels"] * float(np.prod(spacing)) / 1000.0,
-            "seconds": seconds, "slices": image.shape[0], "slices_per_s": image.shape[0] / seconds,
-            "peak_mem_mb": peak, "feature_cache_mb": stats[mode]["feature_cache_bytes"] / 2 ** 20,
-            "device": str(device),
-        })
-        log.info("%s %s: Dice %.4f, HD95 %.2f mm, NSD %.4f, %.1f s", case_id, mode, m["dice"], m["hd95"], m["nsd"],
-                 seconds)
-    return rows
+    peak = peak_memory_mb(device)  # a high-water mark over the case: prediction and scoring
+    out = [rows[m] for m in modes]
+    for r in out:
+        r["peak_mem_mb"] = peak
+    return out
+
+
+def mode_kind(mode: str, prompt_kind: str) -> str | None:
+    """The prompt a mode gives: None (auto modes), ``box`` or ``point``."""
+    info = mode_info(mode)
+    if info.n_prompts == 0:
+        return None
+    if info.family == "robustness":
+        return PERTURBATIONS[info.perturbation] or prompt_kind
+    return prompt_kind
 
 
 def evaluate_run(cfg: dict, job: EvalJob) -> Path:
@@ -169,6 +251,10 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
     split = job.split or ecfg["split"]
     counts = tuple(job.prompt_counts or ecfg["prompt_counts"])
     modes = mode_names(job.modes or ecfg["modes"], counts)
+    bands = [float(b) for b in ecfg["boundary_bands_mm"]]
+    if bands != sorted(bands):
+        raise UserError(f"evaluate.boundary_bands_mm must be increasing, got {ecfg['boundary_bands_mm']}")
+    pcts = [float(q) for q in ecfg["surface_percentiles"]]
     target, fold = job.target, job.fold
     tcfg = target_config(cfg, target)
     prepared = PreparedTarget(job.prepared or Path(cfg["data"]["prepared"]) / target)
@@ -198,7 +284,15 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
     # the models last: the prepared data's checks above are cheap, loading models is not
     ens = load_ensemble(ckpts, job.device, job.base_weights)
     skipped = {}
-    prompted = [m for m in modes if m != "auto"]
+    studies = job.studies if job.studies is not None else True
+    if studies and len(ens) == 1 and ens.first.model.inference == "propagation":
+        modes = modes + study_modes(ecfg, modes)
+    elif studies and len(ens) > 1 and study_modes(ecfg, modes):
+        log.info("an ensemble is scored in the main modes only: the direction and prompt-robustness studies "
+                 "are per-fold evaluations (one checkpoint)")
+    elif studies and study_modes(ecfg, modes):
+        log.info("a unet3d model has no propagation directions or prompts: the studies' modes are skipped")
+    prompted = [m for m in modes if mode_info(m).n_prompts > 0]
     if not ens.accepts_prompts and prompted:
         modes = [m for m in modes if m == "auto"]
         for m in prompted:
@@ -222,15 +316,17 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
     with atomic_dir(Path(job.out), overwrite=job.overwrite) as tmp:
         for i, cid in enumerate(cases):
             rows += evaluate_case(ens, prepared, cid, modes, settings, tcfg["labels"], tol, ecfg["prompt"],
-                                  tmp / "predictions" if save else None, f"({i + 1}/{len(cases)})")
+                                  tmp / "predictions" if save else None, f"({i + 1}/{len(cases)})",
+                                  seed=int(ecfg["robustness"]["seed"]), bands_mm=bands, percentiles=pcts)
         with (tmp / "metrics.csv").open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=FIELDS)
+            w = csv.DictWriter(fh, fieldnames=FIELDS + boundary_columns(bands, pcts))
             w.writeheader()
             for r in rows:
                 w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
         summary = {
             "target": target, "variant": job.variant, "fold": fold if len(ens) == 1 else None, "split": split,
             "modes": modes, "prompt": ecfg["prompt"], "prompt_counts": list(counts),
+            "robustness": dict(ecfg["robustness"]), "boundary_bands_mm": bands, "surface_percentiles": pcts,
             "checkpoint": str(ckpts[0]), "checkpoint_step": lm.step, "ensemble": ens.summary(),
             "nsd_tolerance_mm": tol, "n_cases": len(cases), "n_cases_in_split": n_split, "space": "original image grid, 3D, mm",
             "synthetic": synthetic,
@@ -242,6 +338,9 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
             "metrics": summarise(rows),
         }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        # numbers only, for `dvc metrics show` (the workflow copies it out of the run folder)
+        numbers = {"n_cases": len(cases), "checkpoint_step": lm.step, **summary["metrics"]}
+        (tmp / "metrics.json").write_text(json.dumps(numbers, indent=2, allow_nan=False) + "\n")
     what = f"fold {fold}" if len(ens) == 1 else ens.describe()
     for mode, s in summary["metrics"].items():
         log.info("%s/%s/%s %s (%s, %d cases): Dice %.4f +- %.4f, HD95 %.2f mm", target, job.variant, what, mode,

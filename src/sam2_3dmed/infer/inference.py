@@ -71,7 +71,8 @@ def predict_prepared(model: VolumeModel, image_zyx: np.ndarray, prompt: Prompt |
 @torch.no_grad()
 def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarray, prompts_by_mode: dict,
                            settings: InferenceSettings, label: str = "predict", stats: dict | None = None,
-                           progress: Progress | None = None) -> dict[str, np.ndarray]:
+                           progress: Progress | None = None, passes: dict | None = None,
+                           on_mode=None) -> dict[str, np.ndarray]:
     """Probability maps (z, y, x) float32 on the prepared grid, one per mode, averaged over
     the members of ``models`` (one model or an :class:`~.ensemble.Ensemble`).
 
@@ -81,9 +82,16 @@ def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarr
     per mode, ``seconds`` (what predicting that mode alone costs: the shared encoding plus
     its propagation, summed over members), ``slices`` and ``feature_cache_bytes`` (largest
     member). Memory: one accumulator per mode plus one member's features and output.
+    ``passes`` maps a mode to its propagation passes when not ``settings.prompted_passes``
+    (e.g. ``forward`` for auto mode one direction only; a U-Net member has no directions).
+    ``on_mode(mode, prob, stats)``, with one model only: each mode's map is handed over as
+    soon as it is propagated (with that mode's stats) and not kept, so one mode's map is in
+    memory at a time; the returned dict is then empty.
     """
     ens = as_ensemble(models)
     modes = list(prompts_by_mode)
+    if on_mode is not None and len(ens) > 1:
+        raise ValueError("on_mode needs one model: an ensemble averages every mode over its members first")
     if any(prompts_by_mode[m] for m in modes) and not ens.accepts_prompts:
         raise ValueError("a unet3d model takes no prompts")
     acc: dict[str, np.ndarray] = {}
@@ -115,10 +123,15 @@ def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarr
                 for m in modes:
                     progress.reset(bar, total=None, description=f"{tag} {m}" if len(modes) > 1 else tag)
                     t1 = time.perf_counter()
-                    p = propagate_volume(model, feats, query, info, n, prompts_by_mode[m], settings.prompted_passes,
-                                         lm.device, progress=report, chunk=settings.chunk)
+                    p = propagate_volume(model, feats, query, info, n, prompts_by_mode[m],
+                                         (passes or {}).get(m, settings.prompted_passes), lm.device,
+                                         progress=report, chunk=settings.chunk)
                     seconds[m] += t_enc + time.perf_counter() - t1
-                    _accumulate(acc, m, p)
+                    if on_mode is not None:
+                        on_mode(m, p, {"seconds": seconds[m], "slices": n, "feature_cache_bytes": cache})
+                        p = None  # not kept: the next mode's propagation starts without it
+                    else:
+                        _accumulate(acc, m, p)
                 del feats, query
             else:
                 t0 = time.perf_counter()
@@ -126,7 +139,10 @@ def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarr
                 dt = time.perf_counter() - t0
                 for m in modes:
                     seconds[m] += dt
-                    _accumulate(acc, m, p if len(modes) == 1 else p.copy())
+                    if on_mode is not None:
+                        on_mode(m, p, {"seconds": seconds[m], "slices": n, "feature_cache_bytes": cache})
+                    else:
+                        _accumulate(acc, m, p if len(modes) == 1 else p.copy())
             del p
             model.train(was_training)
             progress.remove_task(bar)

@@ -10,7 +10,8 @@ the two probability maps are averaged.
 Modes (always recorded next to the numbers they produce):
 
 * ``auto`` (no prompt): each direction starts from its first slice as an unprompted
-  conditioning slice and covers the whole volume.
+  conditioning slice and covers the whole volume. ``passes="forward"`` / ``"backward"``
+  runs one direction only (evaluate's direction study: what the second direction adds).
 * ``prompted``: boxes and positive/negative clicks on one or several slices; every
   prompted slice is a conditioning slice of both passes (an initial conditioning frame:
   all prompts are known before propagating, as clicks added on several frames before
@@ -37,6 +38,9 @@ from ..data.slices import fit_to_square, to_sam_input, unfit
 from ..model.network import SAM23dMed, SliceFeatures
 from ..model.prompts import Prompt, map_points, merge_prompts, prompt_points
 
+#: auto mode one direction at a time (evaluate's direction study): first slice to last, or last to first
+ONE_WAY = ("forward", "backward")
+PASSES = ("half", "full", *ONE_WAY)
 FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -107,6 +111,11 @@ def _plan(n: int, slices: list[int], passes: str) -> list[tuple[list[int], dict[
     weighted sum over passes, weight 0 = not taken from that pass. ``slices``: the prompted
     (conditioning) slices, sorted; [] = auto mode. A pass with nothing to take is left out."""
     fwd, bwd = list(range(n)), list(range(n - 1, -1, -1))
+    if passes in ONE_WAY:  # auto mode, one direction only (evaluate.directions)
+        if slices:
+            raise ValueError(f"passes={passes!r} is for auto mode (no prompts): a prompted volume propagates both ways")
+        order = fwd if passes == "forward" else bwd
+        return [(order, dict.fromkeys(order, 1.0))]
     if not slices or passes == "full":
         return [(fwd, dict.fromkeys(fwd, 0.5)), (bwd, dict.fromkeys(bwd, 0.5))]
     lo, hi = slices[0], slices[-1]
@@ -162,11 +171,12 @@ def propagate_volume(model: SAM23dMed, feats: SliceFeatures, query: torch.Tensor
 
     ``prompt``: None (auto mode), one :class:`Prompt` or several (merged per slice with
     :func:`~sam2_3dmed.model.prompts.merge_prompts`); ``passes`` "half" or "full" (module
-    docstring). ``progress(done, total)`` is called per slice output; ``stats`` (a dict)
+    docstring), or in auto mode "forward" / "backward": one direction only, from the first
+    (last) slice as the unprompted conditioning slice, each slice its one output. ``progress(done, total)`` is called per slice output; ``stats`` (a dict)
     receives ``slices`` and ``steps`` (decoder runs). ``chunk``: slices mapped back at a time.
     """
-    if passes not in ("half", "full"):
-        raise ValueError(f"passes must be 'half' or 'full', got {passes!r}")
+    if passes not in PASSES:
+        raise ValueError(f"passes must be one of {', '.join(PASSES)}, got {passes!r}")
     prompts = _as_prompts(prompt, n)
     was_training = model.training
     model.eval()

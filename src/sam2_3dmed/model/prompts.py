@@ -20,6 +20,7 @@ slice of the propagation (``infer/propagation.py``).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,6 +201,80 @@ def prompts_from_label(label_zyx, kind: str, k: int) -> list[Prompt]:
         else:
             out.append(Prompt(s, point=tuple(float(v) for v in point_from_mask(lab[s]))))
     return out
+
+
+def slice_at_fraction(label_zyx, fraction: float) -> int:
+    """The slice at ``fraction`` of the organ's extent: ``first + fraction (last - first)``
+    (first and last slice with organ), rounded half up, then the nearest slice with organ
+    (lower index among ties); -1 if the label is empty."""
+    nonempty = np.flatnonzero(slice_areas(label_zyx) > 0)
+    if nonempty.size == 0:
+        return -1
+    first, last = int(nonempty[0]), int(nonempty[-1])
+    target = int(np.floor(first + float(fraction) * (last - first) + 0.5))
+    return int(min(nonempty, key=lambda s: (abs(int(s) - target), int(s))))
+
+
+def perturbation_draw(seed: int, case_id: str) -> np.ndarray:
+    """A case's draw for the prompt perturbations: 4 numbers uniform in [-1, 1] (the box
+    sides' shifts) and an angle in [0, 2 pi) (the click's direction), from ``seed`` and the
+    case id only, so every level of a perturbation scales the same error."""
+    rng = np.random.default_rng([int(seed), zlib.crc32(str(case_id).encode("utf-8"))])
+    return np.concatenate([rng.uniform(-1.0, 1.0, size=4), rng.uniform(0.0, 2 * np.pi, size=1)])
+
+
+def perturbed_prompt(label_zyx, kind: str, perturbation: str, level: float, draw: np.ndarray) -> Prompt | None:
+    """Evaluation's prompt-robustness modes [ours: the paper tested none]: a worse prompt than
+    :func:`prompt_from_label`'s, on one slice; None if the label is empty.
+
+    * ``box_jitter``: the tight box of the key slice (largest cross-section) with each side
+      moved by ``draw[i] * level`` times the box's side (``draw`` from
+      :func:`perturbation_draw`: the same draw at every level), clipped to the slice, its
+      corners re-sorted (as training's jitter, :func:`box_from_mask`). Level 0 is the tight box.
+    * ``point_offset``: the deepest interior click of the key slice moved by ``level`` times
+      the cross-section's radius ``sqrt(area / pi)`` in the direction ``draw[4]``, rounded to
+      a pixel; a click that lands off the organ moves to the nearest organ pixel (lowest
+      row, then column, among ties), so it stays a correct positive click. Level 0 is the
+      deepest click.
+    * ``key_slice``: the ``kind`` prompt (box or point, unperturbed) on the slice at ``level``
+      of the organ's extent (:func:`slice_at_fraction`) instead of the largest cross-section.
+    """
+    lab = np.asarray(label_zyx) > 0
+    if not lab.any():
+        return None
+    level = float(level)
+    if perturbation == "key_slice":
+        s = slice_at_fraction(lab, level)
+        m = lab[s]
+        if kind == "box":
+            return Prompt(s, box=tuple(float(v) for v in box_from_mask(m)))
+        return Prompt(s, point=tuple(float(v) for v in point_from_mask(m)))
+    s = key_slice(lab)
+    m = lab[s]
+    if perturbation == "box_jitter":
+        box = box_from_mask(m).astype(np.float64)
+        if level > 0:
+            w, h = box[2] - box[0] + 1.0, box[3] - box[1] + 1.0
+            box = box + np.asarray(draw[:4], dtype=np.float64) * level * np.array([w, h, w, h])
+            hgt, wid = m.shape
+            box[[0, 2]] = np.clip(box[[0, 2]], 0, wid - 1)
+            box[[1, 3]] = np.clip(box[[1, 3]], 0, hgt - 1)
+            box = np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
+        return Prompt(s, box=tuple(float(v) for v in box.astype(np.float32)))
+    if perturbation == "point_offset":
+        x, y = (float(v) for v in point_from_mask(m))
+        if level > 0:
+            r = float(np.sqrt(m.sum() / np.pi))
+            ang = float(draw[4])
+            x, y = np.floor(x + level * r * np.cos(ang) + 0.5), np.floor(y + level * r * np.sin(ang) + 0.5)
+            hgt, wid = m.shape
+            inside = 0 <= x < wid and 0 <= y < hgt and bool(m[int(y), int(x)])
+            if not inside:
+                ys, xs = np.nonzero(m)
+                k = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))  # first in row-major order among ties
+                x, y = float(xs[k]), float(ys[k])
+        return Prompt(s, point=(float(x), float(y)))
+    raise ValueError(f"unknown prompt perturbation {perturbation!r}: box_jitter, point_offset or key_slice")
 
 
 def merge_prompts(prompts) -> list[Prompt]:
