@@ -1683,7 +1683,9 @@ def _(fx, tmp):
 
     def ok(stdout):
         rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
-        assert [(r["case_id"], r["mode"], r["prompt"]) for r in rows] == [(vid, "prompted", "none (empty label)")]
+        assert (rows[0]["case_id"], rows[0]["mode"], rows[0]["prompt"]) == (vid, "prompted", "none (empty label)")
+        # the prompt-robustness modes cannot place a prompt either
+        assert {r["mode"] for r in rows[1:]} and all(r["prompt"] == "none (empty label)" for r in rows), rows
         assert rows[0]["gt_voxels"] == "0" and float(rows[0]["dice"]) in (0.0, 1.0)
         json.loads((out / "summary.json").read_text())
     return Spec(argv, out=out, code=0, accepted=ok)
