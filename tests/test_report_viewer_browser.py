@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
-import subprocess
 import zlib
 
 import pytest
@@ -24,16 +22,14 @@ import pytest
 from sam2_3dmed.config import load_config
 from sam2_3dmed.report import build_report
 from test_report import build_tree
+from test_report_browser import CHROMIUM, _chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install -y chromium)")
 
 
 def _dump(tmp_path, path, timeout=180):
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
-           "--virtual-time-budget=10000", "--dump-dom", path.resolve().as_uri()]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    return _chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
+                     path.resolve().as_uri(), timeout=timeout)
 
 
 def _body(dom: str) -> str:
