@@ -83,6 +83,11 @@ def test_dvc_repro_after_the_workflow_then_is_a_no_op(project):
     assert not any(shown.get(rev, {}).get("error") for rev in shown), metrics
     for rev in shown.values():
         for path, entry in rev.get("data", {}).items():
+            if not path.startswith("results/demo/"):
+                # the real pipeline's stage has not run here: DVC lists its metrics
+                # folder as missing, and that is all it may say about it
+                assert entry["error"]["type"] == "FileNotFoundError", (path, entry)
+                continue
             assert "error" not in entry, (path, entry)
             assert "data" in entry and entry["data"]["auto"]["dice"]["mean"] >= 0, (path, entry)
     plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=project).stdout)

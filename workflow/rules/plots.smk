@@ -17,6 +17,10 @@ rule curves:
     output:
         train=f"{PLOTS}/train/{{target}}/{{variant}}/fold{{fold}}.csv",
         val=f"{PLOTS}/val/{{target}}/{{variant}}/fold{{fold}}.csv",
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/curves/{{target}}/{{variant}}/fold{{fold}}.log",
     params:
         run=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
     resources:
@@ -24,4 +28,4 @@ rule curves:
         runtime=5,
         mem_mb=500,
     shell:
-        "cp {params.run:q}/train_log.csv {output.train:q} && cp {params.run:q}/val_log.csv {output.val:q}"
+        "(cp {params.run:q}/train_log.csv {output.train:q} && cp {params.run:q}/val_log.csv {output.val:q}) > {log:q} 2>&1"
