@@ -22,6 +22,7 @@ from scipy import ndimage
 from ..config import target_config
 from ..console import new_progress
 from ..data.preprocess import CaseGeometry, to_original
+from ..device import amp_dtype, enable_tf32
 from ..model.checkpoint import LoadedModel
 from ..model.factory import VolumeModel
 from ..model.prompts import Prompt
@@ -39,16 +40,30 @@ class InferenceSettings:
 
     threshold: float = 0.5
     chunk: int | None = None            # encoder batch; None = auto (propagation.auto_chunk)
-    feature_dtype: str = "float16"
+    feature_dtype: str = "float16"      # or auto: bfloat16 on a GPU, float16 on a CPU
     prompted_passes: str = "half"
     largest_component: bool = False
+    amp: bool = True                    # bf16 autocast on a GPU that has native bf16 (never on a CPU)
+    lockstep: str | bool = "auto"       # two equal passes as one batch of two: auto = on a GPU
+    tf32: bool = True                   # TF32 matmuls on a GPU
 
     @classmethod
     def from_config(cls, cfg: dict, target: str) -> "InferenceSettings":
         icfg = cfg["infer"]
         return cls(threshold=float(icfg["threshold"]), chunk=None if icfg["chunk"] == "auto" else int(icfg["chunk"]),
                    feature_dtype=icfg["feature_dtype"], prompted_passes=icfg["prompted_passes"],
-                   largest_component=bool(target_config(cfg, target).get("largest_component", False)))
+                   largest_component=bool(target_config(cfg, target).get("largest_component", False)),
+                   amp=bool(icfg.get("amp", True)), lockstep=icfg.get("lockstep", "auto"),
+                   tf32=bool(icfg.get("tf32", True)))
+
+    def on(self, device) -> tuple[torch.dtype | None, bool]:
+        """What these settings mean on ``device``: (autocast dtype or None, lockstep); on a GPU
+        also switches TF32 on when asked (a process-wide setting, as in nnU-Net's predictor)."""
+        dev = torch.device(device)
+        if self.tf32:
+            enable_tf32(dev)
+        lockstep = dev.type == "cuda" if self.lockstep == "auto" else bool(self.lockstep)
+        return amp_dtype(dev, self.amp, "infer.amp"), lockstep
 
     def but(self, **changes) -> "InferenceSettings":
         """A copy with some settings changed (None leaves a setting as it is)."""
@@ -63,9 +78,10 @@ def predict_prepared(model: VolumeModel, image_zyx: np.ndarray, prompt: Prompt |
         raise ValueError(f"a {type(model).__name__} model takes no prompts")
     if model.inference == "sliding_window":
         return predict_by_sliding_window(model, image_zyx, device=device, progress=progress, stats=stats)
+    amp, lockstep = settings.on(device)
     return predict_by_propagation(model, image_zyx, prompt, chunk=settings.chunk, device=device,
                                   feature_dtype=settings.feature_dtype, passes=settings.prompted_passes,
-                                  progress=progress, stats=stats)
+                                  progress=progress, stats=stats, amp=amp, lockstep=lockstep)
 
 
 @torch.no_grad()
@@ -115,9 +131,10 @@ def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarr
             model.eval()  # no dropout/drop-path, as in every inference path (restored below)
             if model.inference == "propagation":
                 t0 = time.perf_counter()
+                amp, lockstep = settings.on(lm.device)
                 progress.update(bar, description=f"{tag} encode", total=n)
                 feats, query, info = encode_volume(model, image_zyx, settings.chunk, lm.device,
-                                                   settings.feature_dtype, progress=lambda d: report(d, n))
+                                                   settings.feature_dtype, progress=lambda d: report(d, n), amp=amp)
                 t_enc = time.perf_counter() - t0
                 cache = max(cache, feature_bytes(feats, query))
                 for m in modes:
@@ -125,7 +142,7 @@ def predict_prepared_modes(models: "Ensemble | LoadedModel", image_zyx: np.ndarr
                     t1 = time.perf_counter()
                     p = propagate_volume(model, feats, query, info, n, prompts_by_mode[m],
                                          (passes or {}).get(m, settings.prompted_passes), lm.device,
-                                         progress=report, chunk=settings.chunk)
+                                         progress=report, chunk=settings.chunk, amp=amp, lockstep=lockstep)
                     seconds[m] += t_enc + time.perf_counter() - t1
                     if on_mode is not None:
                         on_mode(m, p, {"seconds": seconds[m], "slices": n, "feature_cache_bytes": cache})

@@ -53,31 +53,44 @@ def auto_chunk(image_size: int, device) -> int:
     return max(1, (4 * 128 * 128) // (image_size * image_size))
 
 
+def resolve_feature_dtype(feature_dtype: str, device) -> str:
+    """``auto``: bfloat16 on a GPU (what bf16 autocast produces: stored as it comes), float16
+    on a CPU (the same size, more mantissa bits)."""
+    if feature_dtype == "auto":
+        return "bfloat16" if torch.device(device).type == "cuda" else "float16"
+    return feature_dtype
+
+
 def encode_volume(model: SAM23dMed, image_zyx, chunk: int | None = 16, device="cpu", feature_dtype: str = "float16",
-                  progress=None):
+                  progress=None, amp: torch.dtype | None = None):
     """Encode every slice once. Returns (features, boundary queries or None, FitInfo).
 
     Slices are fitted to the model's square input and normalised ``chunk`` at a time, so
-    neither the 3-channel input volume nor float32 features of all slices exist at once.
+    neither the 3-channel input volume nor float32 features of all slices exist at once; the
+    cache (on ``device``) is allocated once, at its final size, when the first chunk shows
+    the shapes. ``amp``: the autocast dtype on a GPU (None: float32).
     """
-    store = FEATURE_DTYPES[feature_dtype]
+    store = FEATURE_DTYPES[resolve_feature_dtype(feature_dtype, device)]
     chunk = chunk or auto_chunk(model.image_size, device)
     n = image_zyx.shape[0]
-    lows, s1s, s0s, queries, pos, info = [], [], [], [], None, None
+    cache: dict[str, torch.Tensor] = {}
+    pos, info = None, None
+    dev_type = torch.device(device).type
     for i in range(0, n, chunk):
         fitted, info = fit_to_square(np.asarray(image_zyx[i:i + chunk], dtype=np.float32), model.image_size)
-        f = model.encode(to_sam_input(fitted).to(device))
-        _, q = model.boundary(f)
-        lows.append(f.low.to(store))
-        s1s.append(f.s1.to(store))
-        s0s.append(f.s0.to(store))
+        with torch.autocast(dev_type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            f = model.encode(to_sam_input(fitted).to(device, non_blocking=True))
+            _, q = model.boundary(f)
+        parts = {"low": f.low, "s1": f.s1, "s0": f.s0, **({"query": q} if q is not None else {})}
+        for key, t in parts.items():
+            if key not in cache:
+                cache[key] = torch.empty((n, *t.shape[1:]), dtype=store, device=t.device)
+            cache[key][i:i + t.shape[0]] = t
         pos = f.pos.to(store)
-        if q is not None:
-            queries.append(q.to(store))
         if progress is not None:
             progress(min(n, i + chunk))
-    feats = SliceFeatures(torch.cat(lows), torch.cat(s1s), torch.cat(s0s), pos)
-    return feats, (torch.cat(queries) if queries else None), info
+    feats = SliceFeatures(cache["low"], cache["s1"], cache["s0"], pos)
+    return feats, cache.get("query"), info
 
 
 def feature_bytes(feats: SliceFeatures, query: torch.Tensor | None) -> int:
@@ -135,26 +148,36 @@ def _outputs(plan) -> int:
 
 
 def _propagate(model, feats, query, info, n: int, prompts: list[Prompt], passes: str, device, tick=None,
-               stats: dict | None = None) -> torch.Tensor:
-    """Probability (n, S, S) float32 on the fitted model input (CPU), per :func:`_plan`."""
+               stats: dict | None = None, amp: torch.dtype | None = None, lockstep: bool = False) -> torch.Tensor:
+    """Probability (n, S, S) float32 on the fitted model input (CPU), per :func:`_plan`.
+
+    The probabilities are summed on ``device`` and copied to the host once. ``lockstep``:
+    two passes of the same length (auto mode's two directions, or ``full``) run as one batch
+    of two (:meth:`~sam2_3dmed.model.network.SAM23dMed.propagate_lockstep`), the same outputs."""
     size = model.image_size
-    prob = torch.zeros(n, size, size, dtype=torch.float32)
+    dev = torch.device(device)
+    prob = torch.zeros(n, size, size, dtype=torch.float32, device=dev)
     slices = [int(p.slice_index) for p in prompts]
     conds = {int(p.slice_index): _points(p, info, device) for p in prompts}
-    steps = 0
-    for order, weight in _plan(n, slices, passes):
-        pass_conds = conds or {order[0]: None}  # auto: the pass's first slice, unprompted
-        steps += len(set(order) | set(pass_conds))  # decoder runs
-        for s, raw, obj in model.propagate_iter(feats, order, query, conds=pass_conds):
-            w = weight[s]
+    plan = _plan(n, slices, passes)
+    lanes = [(order, conds or {order[0]: None}) for order, _ in plan]  # auto: the pass's first slice, unprompted
+    steps = sum(len(set(order) | set(c)) for order, c in lanes)  # decoder runs
+    with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        if lockstep and len(lanes) == 2 and len(lanes[0][0]) == len(lanes[1][0]):
+            outputs = model.propagate_lockstep(feats, lanes, query)
+        else:
+            outputs = ((k, s, raw, obj) for k, (order, c) in enumerate(lanes)
+                       for s, raw, obj in model.propagate_iter(feats, order, query, conds=c))
+        for k, s, raw, obj in outputs:
+            w = plan[k][1][s]
             if not w:
                 continue
-            prob[s] += w * _prob(raw, obj)[0].float().cpu()
+            prob[s] += w * _prob(raw, obj)[0].float()
             if tick is not None:
                 tick()
     if stats is not None:
         stats.update(slices=n, steps=steps)
-    return prob
+    return prob.cpu()
 
 
 def _unfit(prob: torch.Tensor, info, chunk: int) -> np.ndarray:
@@ -165,15 +188,20 @@ def _unfit(prob: torch.Tensor, info, chunk: int) -> np.ndarray:
 @torch.no_grad()
 def propagate_volume(model: SAM23dMed, feats: SliceFeatures, query: torch.Tensor | None, info, n: int,
                      prompt: "Prompt | list[Prompt] | None", passes: str, device: str | torch.device,
-                     progress=None, chunk: int | None = None, stats: dict | None = None) -> np.ndarray:
+                     progress=None, chunk: int | None = None, stats: dict | None = None,
+                     amp: torch.dtype | None = None, lockstep: bool = False) -> np.ndarray:
     """Probability map (z, y, x) float32 on the prepared grid from the features of
     :func:`encode_volume` (``feats``, ``query``, ``info``) of an ``n``-slice volume.
 
     ``prompt``: None (auto mode), one :class:`Prompt` or several (merged per slice with
     :func:`~sam2_3dmed.model.prompts.merge_prompts`); ``passes`` "half" or "full" (module
     docstring), or in auto mode "forward" / "backward": one direction only, from the first
-    (last) slice as the unprompted conditioning slice, each slice its one output. ``progress(done, total)`` is called per slice output; ``stats`` (a dict)
-    receives ``slices`` and ``steps`` (decoder runs). ``chunk``: slices mapped back at a time.
+    (last) slice as the unprompted conditioning slice, each slice its one output.
+    ``progress(done, total)`` is called per slice output; ``stats`` (a dict) receives
+    ``slices`` and ``steps`` (decoder runs). ``chunk``: slices mapped back at a time.
+    ``amp``: autocast dtype on a GPU (None: float32); ``lockstep``: two passes of the same
+    length as one batch of two (the same outputs; faster where a batch of two costs about
+    what one does, on a GPU).
     """
     if passes not in PASSES:
         raise ValueError(f"passes must be one of {', '.join(PASSES)}, got {passes!r}")
@@ -188,7 +216,7 @@ def propagate_volume(model: SAM23dMed, feats: SliceFeatures, query: torch.Tensor
             if progress is not None:
                 progress(done[0], total)
 
-        prob = _propagate(model, feats, query, info, n, prompts, passes, device, tick, stats)
+        prob = _propagate(model, feats, query, info, n, prompts, passes, device, tick, stats, amp, lockstep)
         return _unfit(prob, info, chunk or auto_chunk(model.image_size, device))
     finally:
         model.train(was_training)
@@ -198,13 +226,15 @@ def propagate_volume(model: SAM23dMed, feats: SliceFeatures, query: torch.Tensor
 def predict_by_propagation(model: SAM23dMed, image_zyx: np.ndarray, prompt: "Prompt | list[Prompt] | None" = None,
                            chunk: int | None = None, device: str | torch.device = "cpu",
                            feature_dtype: str = "float32", passes: str = "half", progress=None,
-                           stats: dict | None = None) -> np.ndarray:
+                           stats: dict | None = None, amp: torch.dtype | None = None,
+                           lockstep: bool = False) -> np.ndarray:
     """Probability map (z, y, x) float32 on the prepared grid for a (z, y, x) image in [0, 1]:
     :func:`encode_volume` then :func:`propagate_volume`.
 
     ``prompt``: None (auto mode), one :class:`Prompt` or several (merged per slice).
     ``progress(done, total)`` is called as slices are encoded and propagated; ``stats``
     (a dict) receives the feature cache size in bytes and the number of propagation steps.
+    ``amp`` and ``lockstep`` as in :func:`propagate_volume`.
     """
     if passes not in ("half", "full"):
         raise ValueError(f"passes must be 'half' or 'full', got {passes!r}")
@@ -225,9 +255,9 @@ def predict_by_propagation(model: SAM23dMed, image_zyx: np.ndarray, prompt: "Pro
         def tick() -> None:
             report(done[0] + 1)
 
-        feats, query, info = encode_volume(model, image_zyx, chunk, device, feature_dtype, progress=report)
+        feats, query, info = encode_volume(model, image_zyx, chunk, device, feature_dtype, progress=report, amp=amp)
         run: dict = {}
-        prob = _propagate(model, feats, query, info, n, prompts, passes, device, tick, run)
+        prob = _propagate(model, feats, query, info, n, prompts, passes, device, tick, run, amp, lockstep)
         if stats is not None:
             stats.update(feature_cache_bytes=feature_bytes(feats, query), slices=n, steps=run["steps"])
         del feats, query

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import adaptive_avg_pool, resize_bilinear
+
 
 def boundary_targets(mask: torch.Tensor, width_px: int = 1) -> torch.Tensor:
     """(N, 1, H, W) binary mask -> (N, 1, H, W) float boundary map (morphological gradient)."""
@@ -48,10 +50,10 @@ class BDHead(nn.Module):
         """low (N, C, h, w), s1 (N, 64, 2h, 2w), s0 (N, 32, 4h, 4w) ->
         (boundary logits (N, 1, S, S), boundary features for fusion (N, C, h, w))."""
         x = self.low(low)
-        x = self.mid(torch.cat([F.interpolate(x, size=s1.shape[-2:], mode="bilinear", align_corners=False), s1], 1))
-        x = self.high(torch.cat([F.interpolate(x, size=s0.shape[-2:], mode="bilinear", align_corners=False), s0], 1))
-        logits = F.interpolate(self.out(x), size=(out_size, out_size), mode="bilinear", align_corners=False)
-        query = self.to_query(F.adaptive_avg_pool2d(x, low.shape[-2:]))
+        x = self.mid(torch.cat([resize_bilinear(x, s1.shape[-2:]), s1], 1))
+        x = self.high(torch.cat([resize_bilinear(x, s0.shape[-2:]), s0], 1))
+        logits = resize_bilinear(self.out(x), (out_size, out_size))
+        query = self.to_query(adaptive_avg_pool(x, low.shape[-2:]))
         return logits, query
 
 
@@ -85,16 +87,17 @@ class BDFusion(nn.Module):
                 self._ratio_calls += 1
         return pix + delta
 
-    def gate_magnitude(self) -> float:
-        """Mean |gate| over the channels."""
-        return float(self.gate.detach().abs().mean())
+    def gate_magnitude(self) -> torch.Tensor:
+        """Mean |gate| over the channels (a detached 0-dim tensor on the gate's device: reading
+        it does not wait for the device; ``float()`` it to use it)."""
+        return self.gate.detach().abs().mean()
 
-    def pop_fusion_ratio(self) -> float | None:
-        """Mean :func:`fusion_ratio` over the training-mode calls since the last pop (None if
-        there was none); resets the running sum."""
+    def pop_fusion_ratio(self) -> torch.Tensor | None:
+        """Mean :func:`fusion_ratio` over the training-mode calls since the last pop (a detached
+        0-dim tensor on the device, None if there was none); resets the running sum."""
         total, calls = self._ratio_sum, self._ratio_calls
         self._ratio_sum, self._ratio_calls = None, 0
-        return None if total is None else float(total) / calls
+        return None if total is None else total / calls
 
 
 def fusion_ratio(pix: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -105,11 +108,13 @@ def fusion_ratio(pix: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 def bd_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Class-balanced BCE: boundary pixels weighted by the non-boundary fraction and vice versa
-    (fractions over the valid frames of the batch, so frames without boundary still count)."""
-    if valid is not None:
-        logits, target = logits[valid.bool()], target[valid.bool()]
-    if logits.numel() == 0:
-        return logits.sum() * 0.0
-    pos_frac = target.mean().clamp(1e-6, 1 - 1e-6)
-    weight = torch.where(target > 0.5, 1.0 - pos_frac, pos_frac)
-    return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / weight.sum()
+    (fractions over the valid frames of the batch, so frames without boundary still count).
+    logits/target (N, 1, H, W), valid (N,); frames outside ``valid`` get weight 0 (weights,
+    not indexing: nothing waits for the device). 0 without a valid frame."""
+    frame = torch.ones(logits.shape[0], device=logits.device) if valid is None \
+        else valid.to(logits.device).float()
+    frame = frame.view(-1, *([1] * (logits.dim() - 1))).expand_as(target)
+    pos_frac = ((target * frame).sum() / frame.sum().clamp_min(1.0)).clamp(1e-6, 1 - 1e-6)
+    weight = torch.where(target > 0.5, 1.0 - pos_frac, pos_frac) * frame
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    return loss / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)

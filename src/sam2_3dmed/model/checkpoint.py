@@ -18,7 +18,7 @@ import torch
 
 from ..atomic import atomic_file
 from ..config import deep_merge, defaults
-from ..device import pick_device
+from ..device import pick_device, rng_state
 from ..errors import InputFileError, UserError
 from .backbone import safe_torch_load
 from .factory import VolumeModel, build_model
@@ -30,6 +30,10 @@ def trainable_state(model: torch.nn.Module) -> dict:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: dict, meta: dict) -> None:
     state = {
         "format": CKPT_FORMAT,
@@ -38,7 +42,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: dic
         "frozen_names": sorted(n for n, p in model.named_parameters() if not p.requires_grad),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "torch_rng": torch.get_rng_state(),
+        "torch_rng": torch.get_rng_state(),  # as before: what older code reads
+        "rng": rng_state(_device_of(model)),  # CPU and (on a GPU) CUDA streams
         "config": cfg,
         **meta,
     }

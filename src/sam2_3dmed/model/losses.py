@@ -26,39 +26,48 @@ from .boundary import bd_loss, boundary_targets
 from .srpp import srpp_loss, srpp_targets
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Per-slice soft Dice loss, averaged. logits/target (N, H, W)."""
+def _weighted_mean(per_item: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_item`` over the items with weight 1 (0 when there is none): the mean over
+    a boolean selection, computed with weights instead of indexing, so no step waits for the
+    device to count the selection (and the backward pass needs no scatter)."""
+    return (per_item * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-slice soft Dice loss, averaged (over the slices of ``weight`` 1 when given).
+    logits/target (N, H, W)."""
     p = torch.sigmoid(logits).flatten(1)
     t = target.flatten(1)
     inter = (p * t).sum(1)
-    return (1 - (2 * inter + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
+    per_slice = 1 - (2 * inter + eps) / (p.sum(1) + t.sum(1) + eps)
+    return per_slice.mean() if weight is None else _weighted_mean(per_slice, weight)
 
 
 def seg_loss(logits, target, present, valid, kind: str = "bce_dice", absent_bce: bool = False) -> torch.Tensor:
     """logits/target (N, H, W); present/valid (N,) bool. ``absent_bce``: with ``bce_dice``,
-    BCE on every valid slice and Dice on the present ones (a model with no object score)."""
-    valid = valid.bool()
+    BCE on every valid slice and Dice on the present ones (a model with no object score).
+    Each term is the mean over its slices, 0 when it has none."""
+    valid = valid.to(logits.device).float()
     if kind == "bce":
         sel = valid
     elif kind == "bce_dice":
-        sel = valid & present.bool()
+        sel = valid * present.to(logits.device).float()
     else:
         raise ValueError(f"unknown seg_loss {kind!r}")
     bce_sel = valid if absent_bce else sel
-    if not bce_sel.any():
-        return logits.sum() * 0.0
-    loss = F.binary_cross_entropy_with_logits(logits[bce_sel], target[bce_sel])
-    if kind == "bce_dice" and sel.any():
-        loss = loss + soft_dice_loss(logits[sel], target[sel])
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    loss = _weighted_mean(bce, bce_sel)
+    if kind == "bce_dice":
+        loss = loss + soft_dice_loss(logits, target, weight=sel)
     return loss
 
 
 def object_loss(obj_logits, present, valid) -> torch.Tensor:
-    """BCE of SAM2's object score (N,) against presence of the organ in the slice."""
-    valid = valid.bool()
-    if not valid.any():
-        return obj_logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(obj_logits[valid], present[valid].float())
+    """BCE of SAM2's object score (N,) against presence of the organ in the slice, over the
+    valid slices (0 without one)."""
+    bce = F.binary_cross_entropy_with_logits(obj_logits, present.to(obj_logits.dtype), reduction="none")
+    return _weighted_mean(bce, valid.to(obj_logits.device).float())
 
 
 def srpp_mae_mm(pred: torch.Tensor, target: torch.Tensor, z_mm: torch.Tensor, slice_index: torch.Tensor,

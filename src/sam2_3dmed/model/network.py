@@ -13,14 +13,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapter import SliceAdapter
 from .boundary import BDFusion, BDHead
+from .ops import resize_bilinear
 from .srpp import SRPPHead
 
 NO_OBJ_SCORE = -1024.0  # SAM2's logit for "no object" masks
+
+
+class _CaptureMemoryAttention(nn.Module):
+    """Stands in for SAM2's memory attention while SAM2 gathers a frame's memories
+    (:meth:`SAM23dMed.propagate_lockstep`): records the call's inputs and returns ``curr``
+    unchanged, of the output's shape; the caller runs the real attention, batched."""
+
+    def __init__(self):
+        super().__init__()
+        self.args: dict | None = None
+
+    def forward(self, curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=0):
+        self.args = {"curr": curr, "curr_pos": curr_pos, "memory": memory, "memory_pos": memory_pos,
+                     "num_obj_ptr_tokens": num_obj_ptr_tokens}
+        return curr[0] if isinstance(curr, list) else curr
 
 
 @dataclass
@@ -109,7 +124,7 @@ class SAM23dMed(nn.Module):
             repeat_image=False,
             high_res_features=[f.s0, f.s1],
         )
-        raw = F.interpolate(low_res.float(), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        raw = resize_bilinear(low_res.float(), (self.image_size, self.image_size))
         present = obj_logits > 0  # (B, 1)
         masked = torch.where(present[:, :, None, None], raw, torch.full_like(raw, NO_OBJ_SCORE))
         obj_ptr = sam.obj_ptr_proj(tokens[:, 0])
@@ -192,6 +207,123 @@ class SAM23dMed(nn.Module):
             out_dict["non_cond_frame_outputs"][s] = entry
             out_dict["non_cond_frame_outputs"].pop(s - step * keep, None)  # bounded memory on long volumes
             yield s, raw, obj_logit
+
+    def propagate_lockstep(self, feats: SliceFeatures, lanes: list[tuple[list[int], dict]],
+                           bd_query: torch.Tensor | None = None, num_frames: int | None = None):
+        """Several independent propagations of one volume (``lanes``: (order, conds) each, orders
+        of equal length, as :meth:`propagate_iter`'s ``order`` and ``conds``) in lockstep: at
+        each step every lane's next slice is processed in ONE batch (memory attention, BD
+        fusion, mask decoder, memory encoder), each lane with its own memory bank. Yields
+        (lane, slice, logits (1, S, S), obj (1,)) in the order of the lanes at each step;
+        per lane exactly what :meth:`propagate_iter` yields, in the same order.
+
+        What each lane's slice attends to is chosen by SAM2's own
+        ``_prepare_memory_conditioned_features`` (run per lane with its memory attention
+        captured, not called); lanes whose memories have the same layout (the two directions
+        of auto mode always do: their memory banks mirror each other) share one batched
+        memory-attention call, others get their own. ``feats`` hold one volume (batch 1).
+        """
+        sam = self.sam
+        n = feats.low.shape[0]
+        num_frames = num_frames or n
+        if len({len(order) + len(conds) for order, conds in lanes}) != 1:
+            raise ValueError("lockstep lanes need orders of the same length")
+        h, w = feats.low.shape[-2:]
+        keep = max(sam.num_maskmem, sam.max_obj_ptrs_in_encoder) + 1
+        dtype = next(self.sam.sam_mask_decoder.parameters()).dtype
+        cast = feats.low.dtype != dtype and not torch.is_autocast_enabled()
+        states = []
+        for order, conds in lanes:
+            if not conds:
+                raise ValueError("propagation needs at least one conditioning slice")
+            reverse = len(order) > 1 and order[1] < order[0]
+            states.append({"seq": [*sorted(conds), *order], "conds": conds, "reverse": reverse,
+                           "step": -1 if reverse else 1, "cond_results": {},
+                           "out": {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}})
+        for i in range(len(states[0]["seq"])):
+            todo = []
+            for lane, st in enumerate(states):
+                s = st["seq"][i]
+                if s in st["conds"] and s in st["cond_results"]:  # the order reaches a conditioning slice
+                    yield (lane, s, *st["cond_results"][s])
+                else:
+                    todo.append((lane, s))
+            if not todo:
+                continue
+            idx = torch.tensor([s for _, s in todo], device=feats.low.device)
+            f = feats.select(idx).to(dtype) if cast else feats.select(idx)
+            flat = f.low.flatten(2).permute(2, 0, 1)  # (hw, L, C)
+            pos = f.pos.expand(len(todo), -1, -1, -1).flatten(2).permute(2, 0, 1)
+            pix = self._lockstep_memory(states, todo, flat, pos, (h, w), num_frames)
+            if self.fusion is not None:
+                q = bd_query[idx].to(dtype) if cast else bd_query[idx]
+                pix = self.fusion(pix, q, f.low, f.pos.expand(len(todo), -1, -1, -1))
+            pts = [states[lane]["conds"].get(s) if s in states[lane]["conds"] else None for lane, s in todo]
+            if all(p is None for p in pts):
+                groups = [list(range(len(todo)))]
+            else:  # prompted conditioning slices: their points differ in number, decode them one by one
+                groups = [[j] for j in range(len(todo))]
+            results = [None] * len(todo)
+            for g in groups:
+                sel = torch.tensor(g, device=feats.low.device)
+                fg = f.select(sel) if len(g) < len(todo) else f
+                p = pts[g[0]] if len(g) == 1 else None
+                raw, masked, obj_logit, obj_ptr, _ = self._heads(pix[sel] if len(g) < len(todo) else pix, fg, p)
+                mem, mem_pos = sam._encode_new_memory(
+                    current_vision_feats=[flat[:, sel] if len(g) < len(todo) else flat], feat_sizes=[(h, w)],
+                    pred_masks_high_res=masked, object_score_logits=obj_logit[:, None], is_mask_from_pts=p is not None)
+                for k, j in enumerate(g):
+                    results[j] = (raw[k:k + 1], obj_logit[k:k + 1],
+                                  {"maskmem_features": mem[k:k + 1], "maskmem_pos_enc": [m[k:k + 1] for m in mem_pos],
+                                   "obj_ptr": obj_ptr[k:k + 1]})
+            for (lane, s), (raw, obj_logit, entry) in zip(todo, results):
+                st = states[lane]
+                if s in st["conds"]:
+                    st["out"]["cond_frame_outputs"][s] = entry
+                    st["cond_results"][s] = (raw, obj_logit)
+                    continue
+                st["out"]["non_cond_frame_outputs"][s] = entry
+                st["out"]["non_cond_frame_outputs"].pop(s - st["step"] * keep, None)
+                yield lane, s, raw, obj_logit
+
+    def _lockstep_memory(self, states, todo, flat, pos, hw, num_frames) -> torch.Tensor:
+        """Memory-conditioned features (L, C, h, w) of the lanes' slices ``todo``: SAM2 gathers
+        each lane's memories; lanes with equal memory layouts share a memory-attention call."""
+        sam = self.sam
+        h, w = hw
+        real = sam.memory_attention
+        pix: list = [None] * len(todo)
+        calls: list[tuple[int, dict]] = []
+        capture = _CaptureMemoryAttention()
+        sam._modules["memory_attention"] = capture  # SAM2 picks the memories; we batch the attention
+        try:
+            for j, (lane, s) in enumerate(todo):
+                st = states[lane]
+                capture.args = None
+                out = sam._prepare_memory_conditioned_features(
+                    frame_idx=s, is_init_cond_frame=s in st["conds"], current_vision_feats=[flat[:, j:j + 1]],
+                    current_vision_pos_embeds=[pos[:, j:j + 1]], feat_sizes=[(h, w)], output_dict=st["out"],
+                    num_frames=num_frames, track_in_reverse=st["reverse"])
+                if capture.args is None:
+                    pix[j] = out  # no attention (an initial conditioning slice with no-memory embedding)
+                else:
+                    calls.append((j, capture.args))
+        finally:
+            sam._modules["memory_attention"] = real
+        groups: dict[tuple, list[tuple[int, dict]]] = {}
+        for j, a in calls:
+            layout = (tuple(a["memory"].shape), a["num_obj_ptr_tokens"])
+            groups.setdefault(layout, []).append((j, a))
+        for members in groups.values():
+            cat = lambda key: torch.cat([a[key] for _, a in members], 1)  # noqa: E731  (seq, L, C)
+            out = real(curr=[torch.cat([a["curr"][0] for _, a in members], 1)],
+                       curr_pos=[torch.cat([a["curr_pos"][0] for _, a in members], 1)],
+                       memory=cat("memory"), memory_pos=cat("memory_pos"),
+                       num_obj_ptr_tokens=members[0][1]["num_obj_ptr_tokens"])
+            out = out.permute(1, 2, 0).reshape(len(members), -1, h, w)
+            for k, (j, _) in enumerate(members):
+                pix[j] = out[k:k + 1]
+        return torch.cat(pix, 0)
 
     def propagate(self, feats: SliceFeatures, order: list[int], bd_query: torch.Tensor | None = None,
                   prompt=None, batch: int = 1, keep_memory: int | None = None, **kw):

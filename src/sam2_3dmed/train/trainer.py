@@ -37,7 +37,7 @@ from ..code_digest import package_digest
 from ..config import target_config, variant_config
 from ..console import log, new_progress
 from ..data.prepared import PreparedTarget
-from ..device import peak_memory_mb, pick_device
+from ..device import amp_dtype, describe_gpu, peak_memory_mb, pick_device, set_deterministic, set_rng_state
 from ..errors import UserError
 from ..infer.inference import InferenceSettings, dice, predict_prepared
 from ..model.boundary import BDFusion
@@ -169,13 +169,18 @@ class Trainer:
         self.step, self.best = 0, -1.0
         self.train_rows: list[dict] = []
         self.val_rows: list[dict] = []
+        self._synced_at: float | None = None  # when the device was last waited for (materialise)
 
     # ------------------------------------------------------------ hooks
     def build_network(self):
         torch.manual_seed(self.tcfg["seed"])
         np.random.seed(self.tcfg["seed"])
-        if self.tcfg["deterministic"]:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        set_deterministic(self.tcfg["deterministic"], self.device)
+        gpu = describe_gpu(self.device)
+        if gpu:
+            log.info("training on %s (compute capability %s, %.1f GB, CUDA %s)", gpu["name"], gpu["capability"],
+                     gpu["memory_gb"], gpu["cuda"])
+        self.amp = amp_dtype(self.device, self.tcfg["amp"])
         model = build_model(self.mcfg, self.device, clip_length=self.tcfg["clip_length"])
         model.train()
         return model
@@ -210,7 +215,7 @@ class Trainer:
             load_trainable(self.model, state, last)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
+            set_rng_state(state.get("rng") or {"cpu": state["torch_rng"]}, self.device, str(last))
             self.step, self.best = int(state["step"]), float(state.get("best_dice", -1.0))
             log.info("resuming %s/%s/fold %d from step %d (%s)", self.target, self.variant, self.fold, self.step, last)
         self.train_rows = _csv_rows(self.out / "train_log.csv", self.step)
@@ -229,46 +234,75 @@ class Trainer:
             num_workers=t["num_workers"] if self.device.type == "cuda" else min(t["num_workers"], 1),
             generator=torch.Generator().manual_seed(t["seed"]),  # keeps the global RNG (dropout) untouched
             persistent_workers=False, drop_last=True,
+            pin_memory=self.device.type == "cuda",  # page-locked batches: the copies below do not block
         )
 
     def train_step(self, batches) -> dict:
-        """One optimiser step over ``grad_accum`` batches; returns the step's log row."""
+        """One optimiser step over ``grad_accum`` batches; returns the step's log row.
+
+        Nothing in the step waits for the device: the row holds the loss terms, the gradient
+        norm and the heads' statistics as device tensors, made into numbers by
+        :meth:`materialise` every ``log_every`` steps (one synchronisation for all of them)."""
         t, dev = self.tcfg, self.device
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         fusions = [m for m in self.model.modules() if isinstance(m, BDFusion)]
         for m in fusions:  # count this step's forward passes only (not a validation's)
             m.pop_fusion_ratio()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         for _ in range(t["grad_accum"]):
             batch = next(batches)
             # prompts are simulated from the CPU copy of the masks, before the batch moves
             key, prompt = make_prompt(batch, t, np.random.default_rng((t["seed"], PROMPT_STREAM, self.step)), dev) \
                 if self.model.accepts_prompts else (None, None)
             batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=t["amp"] and dev.type == "cuda"):
+            with torch.autocast(dev.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
                 terms = compute_losses(self.model.forward_clip(batch["image"], key_index=key, prompt=prompt), batch,
                                        self.cfg)
             (terms["loss"] / t["grad_accum"]).backward()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / t["grad_accum"]
-        if not math.isfinite(sums.get("srpp_mae_mm", 0.0)):  # no pair of valid slices: an empty cell
-            del sums["srpp_mae_mm"]
+                v = v.detach().float() / t["grad_accum"]
+                sums[k] = v if k not in sums else sums[k] + v
         if t["grad_clip"] > 0:
-            gn = float(torch.nn.utils.clip_grad_norm_(self.trainable, t["grad_clip"]))
+            gn = torch.nn.utils.clip_grad_norm_(self.trainable, t["grad_clip"])
         else:
-            gn = float(torch.norm(torch.stack([p.grad.norm() for p in self.trainable if p.grad is not None])))
+            grads = [p.grad for p in self.trainable if p.grad is not None]
+            gn = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         heads = {}
         if fusions:  # absent keys are written as empty cells
-            heads["bd_gate"] = float(np.mean([m.gate_magnitude() for m in fusions]))
+            heads["bd_gate"] = torch.stack([m.gate_magnitude() for m in fusions]).mean()
             ratios = [r for r in (m.pop_fusion_ratio() for m in fusions) if r is not None]
             if ratios:
-                heads["bd_fusion_ratio"] = float(np.mean(ratios))
+                heads["bd_fusion_ratio"] = torch.stack(ratios).mean()
         return {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": gn,
                 "seconds": time.perf_counter() - t0, **sums, **heads}
+
+    def materialise(self) -> None:
+        """The pending rows' device tensors as numbers, with one copy from the device. On a GPU
+        the host runs ahead of the device, so each pending step's ``seconds`` is the mean wall
+        time per step since the last materialisation; on a CPU it is the step's own time."""
+        pending = [r for r in self.train_rows if any(torch.is_tensor(v) for v in r.values())]
+        if not pending:
+            return
+        keys = [(i, k) for i, r in enumerate(pending) for k, v in r.items() if torch.is_tensor(v)]
+        values = torch.stack([pending[i][k].detach().float().reshape(()) for i, k in keys]).cpu().tolist()
+        for (i, k), v in zip(keys, values):
+            pending[i][k] = v
+        now = time.perf_counter()
+        if self.device.type == "cuda" and self._synced_at is not None:
+            per_step = (now - self._synced_at) / len(pending)
+            for r in pending:
+                r["seconds"] = per_step
+        self._synced_at = now
+        for r in pending:
+            if not math.isfinite(r.get("srpp_mae_mm", 0.0)):  # no pair of valid slices: an empty cell
+                del r["srpp_mae_mm"]
+            for k, v in r.items():
+                if isinstance(v, float):
+                    r[k] = f"{v:.6g}"
 
     def validate(self) -> dict[str, float]:
         """3D Dice of each validation case, whole volumes through the inference path."""
@@ -284,7 +318,11 @@ class Trainer:
         """Validation every ``val_every`` steps (best.pt on a new best) and last.pt every
         ``checkpoint_every`` steps, both also at the last step."""
         step, t = self.step, self.tcfg
-        if step % t["val_every"] == 0 or step == t["steps"]:
+        last = step == t["steps"]
+        validate, save = step % t["val_every"] == 0 or last, step % t["checkpoint_every"] == 0 or last
+        if step % t["log_every"] == 0 or validate or save:
+            self.materialise()  # before validating: the pending steps' time is theirs alone
+        if validate:
             scores = self.validate()
             mean = float(np.mean(list(scores.values()))) if scores else float("nan")
             self.val_rows.append({"step": step, "mean_dice": f"{mean:.6f}", **{k: f"{v:.6f}" for k, v in scores.items()}})
@@ -292,9 +330,11 @@ class Trainer:
             if scores and mean > self.best:
                 self.best = mean
                 save_checkpoint(self.out / "best.pt", self.model, None, None, step, self.cfg, self.meta())
-        if step % t["checkpoint_every"] == 0 or step == t["steps"]:
+        if save:
             self.flush_logs()
             save_checkpoint(self.out / "last.pt", self.model, self.optimizer, self.scheduler, step, self.cfg, self.meta())
+        if validate or save:
+            self._synced_at = time.perf_counter()  # the next steps' clock starts after the work above
 
     def summary(self) -> dict:
         """train_summary.json: the final state, costs and provenance of the run."""
@@ -319,6 +359,7 @@ class Trainer:
                 "base_weights_sha256": self.base_sha, "run_key": self.run_key}
 
     def flush_logs(self) -> None:
+        self.materialise()
         _write_csv(self.out / "train_log.csv", TRAIN_FIELDS, self.train_rows)
         _write_csv(self.out / "val_log.csv", ["step", "mean_dice", *self.val_ids], self.val_rows)
 
@@ -338,13 +379,15 @@ class Trainer:
         for name in ("last.pt", "best.pt", "train_log.csv", "val_log.csv", "train_summary.json"):
             remove_stale(out / name)  # the temp file of a write that a kill interrupted
         name = f"train {self.target}/{self.variant}/f{self.fold}"
+        self._synced_at = time.perf_counter()
         with new_progress() as progress:
             bar = progress.add_task(name, total=t["steps"], completed=self.step)
             while self.step < t["steps"]:
-                row = self.train_step(batches)
-                self.train_rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-                progress.update(bar, completed=self.step, description=f"{name} loss {row['loss']:.3f}")
+                self.train_rows.append(self.train_step(batches))
                 self.after_step()
+                shown = self.train_rows[-1]["loss"]  # the latest materialised loss
+                progress.update(bar, completed=self.step,
+                                description=name if torch.is_tensor(shown) else f"{name} loss {float(shown):.3f}")
                 if stop_after_step is not None and self.step >= stop_after_step:
                     self.flush_logs()
                     log.warning("stopping after step %d as asked (simulated interruption)", self.step)
