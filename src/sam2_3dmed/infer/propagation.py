@@ -181,8 +181,15 @@ def _propagate(model, feats, query, info, n: int, prompts: list[Prompt], passes:
 
 
 def _unfit(prob: torch.Tensor, info, chunk: int) -> np.ndarray:
-    outs = [unfit(prob[i:i + chunk], info, mode="bilinear") for i in range(0, prob.shape[0], chunk)]
-    return torch.cat(outs).numpy().astype(np.float32, copy=False)
+    """The fitted-square probabilities back on the prepared grid, ``chunk`` slices at a time,
+    into one array allocated once (no list of pieces joined at the end)."""
+    out = None
+    for i in range(0, prob.shape[0], chunk):
+        part = unfit(prob[i:i + chunk], info, mode="bilinear").numpy()
+        if out is None:
+            out = np.empty((prob.shape[0], *part.shape[1:]), dtype=np.float32)
+        out[i:i + part.shape[0]] = part
+    return out
 
 
 @torch.no_grad()
