@@ -53,3 +53,25 @@ def make_tiny_target(root: Path, config: dict, cases: int = 4, seed: int = 1, si
     cfg_path.write_text(yaml.safe_dump(config))
     cfg = load_config(cfg_path)
     return TinyTarget(root, task, cfg_path, cfg, prepare_target(task, "spleen", root / "prep", cfg))
+
+
+def tiny_sam_model():
+    """The full SAM2-3dMed at 64 px from random init (seed 0), in eval mode: for tests of the
+    propagation mechanics (not of quality)."""
+    import torch
+
+    from sam2_3dmed.config import variant_config
+    from sam2_3dmed.model.factory import build_model
+
+    cfg = load_config(None, {"model": {"image_size": 64, "pretrained": False, "adapter_blocks": 1, "srpp_layers": 1}})
+    torch.manual_seed(0)
+    return build_model(variant_config(cfg, "full")["model"]).eval()
+
+
+def tiny_volume(n: int):
+    """A (n, 40, 48) float32 volume in [0, 1) with a brighter block on slices 1..n-2 (seed 0)."""
+    import numpy as np
+
+    img = np.random.default_rng(0).random((n, 40, 48)).astype(np.float32) * 0.5
+    img[1:n - 1, 10:30, 12:36] += 0.4
+    return img

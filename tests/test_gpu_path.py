@@ -17,14 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam2_3dmed.config import load_config, variant_config
 from sam2_3dmed.device import amp_dtype, bf16_native, rng_state, set_deterministic, set_rng_state
 from sam2_3dmed.infer import propagation as PR
-from sam2_3dmed.model.factory import build_model
 from sam2_3dmed.model.ops import adaptive_avg_pool, interp_matrix, resize_bilinear
 from sam2_3dmed.model.prompts import Prompt
 
-from _tiny import make_tiny_target, tiny_config
+from _tiny import make_tiny_target, tiny_config, tiny_sam_model, tiny_volume
 
 N = 9  # slices of the tiny volume
 
@@ -33,17 +31,12 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = load_config(None, {"model": {"image_size": 64, "pretrained": False, "adapter_blocks": 1, "srpp_layers": 1}})
-    torch.manual_seed(0)
-    return build_model(variant_config(cfg, "full")["model"]).eval()
+    return tiny_sam_model()
 
 
 @pytest.fixture(scope="module")
 def volume():
-    rng = np.random.default_rng(0)
-    img = rng.random((N, 40, 48)).astype(np.float32) * 0.5
-    img[1:8, 10:30, 12:36] += 0.4
-    return img
+    return tiny_volume(N)
 
 
 # ---------------------------------------------------------------- deterministic resizing

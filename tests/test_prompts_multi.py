@@ -19,10 +19,10 @@ from sam2_3dmed.data.slices import unfit
 from sam2_3dmed.errors import UserError
 from sam2_3dmed.infer import propagation as PR
 from sam2_3dmed.infer.user_prompts import UserPrompt, parse_prompts, prompts_to_prepared
-from sam2_3dmed.model.factory import build_model
 from sam2_3dmed.model.prompts import (Prompt, box_from_mask, key_slice, merge_prompts, prompt_from_label,
                                       prompt_points, prompts_from_label)
 
+from _tiny import tiny_sam_model, tiny_volume
 from _volumes import ellipsoid_case, oblique_affine
 
 N = 8  # slices of the tiny volume
@@ -30,17 +30,12 @@ N = 8  # slices of the tiny volume
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = load_config(None, {"model": {"image_size": 64, "pretrained": False, "adapter_blocks": 1, "srpp_layers": 1}})
-    torch.manual_seed(0)
-    return build_model(variant_config(cfg, "full")["model"]).eval()
+    return tiny_sam_model()
 
 
 @pytest.fixture(scope="module")
 def volume():
-    rng = np.random.default_rng(0)
-    img = rng.random((N, 40, 48)).astype(np.float32) * 0.5
-    img[1:7, 10:30, 12:36] += 0.4
-    return img
+    return tiny_volume(N)
 
 
 @pytest.fixture(scope="module")
