@@ -218,3 +218,44 @@ def test_cuda_deterministic_training_backward_has_no_nondeterministic_op(model):
         set_deterministic(False, torch.device("cuda"))
         m.zero_grad(set_to_none=True)
         model.to("cpu").eval()
+
+
+def _ready_trainer(tmp_path, device):
+    from sam2_3dmed.train.trainer import Trainer
+
+    t = make_tiny_target(tmp_path, tiny_config(train={"log_every": 3}))
+    trainer = Trainer(t.cfg, "spleen", "full", 0, tmp_path / "run", prepared=t.prepared, device=device)
+    return trainer, trainer.prepare()
+
+
+@pytest.mark.slow
+def test_a_training_step_leaves_its_numbers_on_the_device_until_read(tmp_path):
+    trainer, batches = _ready_trainer(tmp_path, "cpu")
+    trainer.train_rows.append(trainer.train_step(batches))
+    row = trainer.train_rows[-1]
+    assert all(torch.is_tensor(row[k]) for k in ("loss", "seg", "obj", "srpp", "bd", "grad_norm", "bd_gate"))
+    trainer.materialise()
+    assert isinstance(row["loss"], str) and float(row["loss"]) > 0 and not torch.is_tensor(row["grad_norm"])
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_training_step_never_waits_for_the_device(tmp_path):
+    """torch's sync debug mode warns on every host-device synchronisation (a .item(), a
+    boolean index, a blocking copy); one training step, batch already loaded, makes none."""
+    import warnings
+
+    trainer, batches = _ready_trainer(tmp_path, "cuda")
+    first = next(batches)
+    trainer.train_step(iter([first]))  # warm-up (cuBLAS handles, allocator)
+    batch = next(batches)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.train_step(iter([batch]))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert not syncs, syncs[:3]

@@ -363,8 +363,9 @@ class Trainer:
         _write_csv(self.out / "train_log.csv", TRAIN_FIELDS, self.train_rows)
         _write_csv(self.out / "val_log.csv", ["step", "mean_dice", *self.val_ids], self.val_rows)
 
-    def run(self, stop_after_step: int | None = None) -> Path:
-        t, out = self.tcfg, self.out
+    def prepare(self):
+        """Model, optimiser, resumed state and data: everything :meth:`run` needs before its
+        first step. Returns the iterator of batches from where the run stands."""
         self.model = self.build_network()
         self.optimizer, self.scheduler = self.configure_optimizer()
         self.resume_or_supersede()
@@ -374,7 +375,11 @@ class Trainer:
             if self.mcfg["pretrained"] and encoder_frozen(self.mcfg) else None
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.t_start = time.perf_counter()
-        batches = iter(loader)
+        return iter(loader)
+
+    def run(self, stop_after_step: int | None = None) -> Path:
+        t, out = self.tcfg, self.out
+        batches = self.prepare()
         ensure_dir(out)  # only now: a refusal above leaves no empty run folder behind
         for name in ("last.pt", "best.pt", "train_log.csv", "val_log.csv", "train_summary.json"):
             remove_stale(out / name)  # the temp file of a write that a kill interrupted
