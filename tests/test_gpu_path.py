@@ -157,11 +157,13 @@ def test_rng_state_round_trip_continues_the_stream():
 
 # ---------------------------------------------------------------- the training step
 @pytest.mark.slow
-def test_log_every_changes_nothing_logged_and_checkpoints_carry_the_rng(tmp_path):
+def test_log_every_and_deterministic_mode_change_nothing_logged_and_checkpoints_carry_the_rng(tmp_path):
     rows = {}
     for every in (1, 4):
+        # the second run also in deterministic mode (an op without a deterministic form would raise)
         t = make_tiny_target(tmp_path / f"e{every}", tiny_config(train={"log_every": every, "steps": 5,
-                                                                        "checkpoint_every": 5, "val_every": 5}))
+                                                                        "checkpoint_every": 5, "val_every": 5,
+                                                                        "deterministic": every == 4}))
         from sam2_3dmed.train.trainer import train
         out = train(t.cfg, "spleen", "full", 0, tmp_path / f"run{every}", prepared=t.prepared, device="cpu")
         with (out / "train_log.csv").open() as fh:

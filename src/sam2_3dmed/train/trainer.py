@@ -404,5 +404,10 @@ class Trainer:
 
 def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prepared: str | Path | None = None,
           device: str | None = None, stop_after_step: int | None = None, on_change: str = "error") -> Path:
-    """Train (or resume) one run; see :class:`Trainer`."""
-    return Trainer(cfg, target, variant, fold, out, prepared, device, on_change).run(stop_after_step)
+    """Train (or resume) one run; see :class:`Trainer`. The process's deterministic-algorithms
+    setting (``train.deterministic``) is restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        return Trainer(cfg, target, variant, fold, out, prepared, device, on_change).run(stop_after_step)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
