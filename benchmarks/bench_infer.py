@@ -72,9 +72,18 @@ score call every slice absent) are flagged: a Dice of 1.0 between empty masks pr
 nothing; ``--obj-score-bias B`` then adds B to the object-score head's last bias in our
 model BEFORE the weights are copied, so both sides still share identical weights.
 
+Device (``--device``, default cpu): both sides run on it, the video predictor with its
+frames and state there (``offload_video_to_cpu``/``offload_state_to_cpu`` off, as
+``init_state``'s defaults); on CUDA every timer is read after ``torch.cuda.synchronize()``.
+Both sides run in float32 (no autocast), as on the CPU, unless ``--amp``: both sides
+under bf16 autocast (as Meta's demo notebooks run the video predictor on a GPU; ours with a
+bf16 feature cache). ``--lockstep`` (default ``auto``: on CUDA) runs our two full passes in
+lockstep, one batch of two (``infer.lockstep``); the video predictor has no such mode.
+
 Usage: python benchmarks/bench_infer.py [--size 128] [--slices 64] [--repeats 3]
        [--settings half full] [--threads 1] [--checkpoint best.pt] [--baseline matched|stock]
-       [--obj-score-bias 0] [--case 4] [--seed 0] [--chunk N]
+       [--obj-score-bias 0] [--case 4] [--seed 0] [--chunk N] [--device cpu|cuda|cuda:N]
+       [--amp] [--lockstep auto|on|off]
 """
 
 from __future__ import annotations
@@ -89,7 +98,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit
+from _common import emit, machine
 
 # --------------------------------------------------------------------------- volume
 
@@ -146,7 +155,7 @@ def build_ours(args):
     if args.checkpoint:
         from sam2_3dmed.infer.predict import load_model
 
-        loaded = load_model(args.checkpoint, "cpu")
+        loaded = load_model(args.checkpoint, args.device)
         model = loaded.model
         extras = [n for n in ("adapter", "bd", "fusion") if getattr(model, n, None) is not None]
         if extras:
@@ -160,7 +169,8 @@ def build_ours(args):
     torch.manual_seed(args.seed)
     sam = build_sam2_base(args.backbone, args.size, device="cpu", checkpoint=None)
     model = SAM23dMed(sam, adapter=False, srpp=False, bd=False, bd_fusion=False, freeze_encoder=True)
-    return model.eval(), args.backbone, args.size, f"random init (seed {args.seed})"
+    # built (and randomly initialised) on the CPU, then moved: the same weights on every device
+    return model.to(args.device).eval(), args.backbone, args.size, f"random init (seed {args.seed})"
 
 
 def build_video_predictor(backbone: str, image_size: int, stock: bool):
@@ -239,21 +249,34 @@ class EncoderCounter:
 # --------------------------------------------------------------------------- runs
 
 
-def run_ours(model, frames, prompt, passes, chunk, counter):
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_ours(model, frames, prompt, passes, chunk, counter, device="cpu", amp=False, lockstep=False):
     from sam2_3dmed.infer.propagation import predict_by_propagation
 
     counter.reset()
+    _sync(device)
     t0 = time.perf_counter()
-    prob = predict_by_propagation(model, frames, prompt, chunk=chunk, device="cpu", feature_dtype="float32", passes=passes)
+    prob = predict_by_propagation(model, frames, prompt, chunk=chunk, device=device,
+                                  feature_dtype="bfloat16" if amp else "float32", passes=passes,
+                                  amp=torch.bfloat16 if amp else None, lockstep=lockstep)
+    _sync(device)
     dt = time.perf_counter() - t0
     return prob, dt, counter.read()
 
 
-def run_theirs(vp, folder, n, k, box, setting, stock, counter):
+def run_theirs(vp, folder, n, k, box, setting, stock, counter, device="cpu"):
     """(prob (n, S, S), propagation s, init_state s, encoder (calls, images) in init, in propagation)."""
     counter.reset()
+    _sync(device)
     t0 = time.perf_counter()
-    state = vp.init_state(video_path=str(folder))
+    # frames and state on the model's device (init_state's defaults; said explicitly)
+    state = vp.init_state(video_path=str(folder), offload_video_to_cpu=False, offload_state_to_cpu=False,
+                          async_loading_frames=False)
+    _sync(device)
     t1 = time.perf_counter()
     enc_init = counter.read()
     counter.reset()
@@ -262,7 +285,7 @@ def run_theirs(vp, folder, n, k, box, setting, stock, counter):
 
     def collect(gen, out):
         for f, _ids, masks in gen:
-            out[f] = torch.sigmoid(masks[0, 0].float()).numpy()
+            out[f] = torch.sigmoid(masks[0, 0].float()).cpu().numpy()
 
     if setting == "half":
         prob = np.zeros((n, size, size), np.float32)
@@ -278,6 +301,7 @@ def run_theirs(vp, folder, n, k, box, setting, stock, counter):
         collect(vp.propagate_in_video(state, start_frame_idx=0), fwd)
         collect(vp.propagate_in_video(state, start_frame_idx=n - 1, reverse=True), bwd)
         prob = 0.5 * (fwd + bwd)
+    _sync(device)
     t2 = time.perf_counter()
     enc_prop = counter.read()
     del state
@@ -323,7 +347,20 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None, help="our encoder batch (slices; default: infer.propagation.auto_chunk)")
     ap.add_argument("--case", type=int, default=4, help="synthetic spleen case index (4 has 83 prepared slices)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where both sides run (default cpu)")
+    ap.add_argument("--amp", action="store_true", help="both sides under bf16 autocast (a GPU with native bf16)")
+    ap.add_argument("--lockstep", choices=("auto", "on", "off"), default="auto",
+                    help="our full passes in lockstep, one batch of two (auto: on CUDA)")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"bench_infer: --device {args.device}: no CUDA device here (torch {torch.__version__})")
+    try:
+        dev = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"bench_infer: --device {args.device!r} is not a device: use cpu, cuda or cuda:N") from None
+    lockstep = dev.type == "cuda" if args.lockstep == "auto" else args.lockstep == "on"
+    if args.amp and dev.type != "cuda":
+        raise SystemExit("bench_infer: --amp is for a GPU (bf16 autocast on a CPU is emulated and slow)")
 
     os.environ.setdefault("SAM2_3DMED_NO_PROGRESS", "1")
     torch.set_num_threads(args.threads)
@@ -344,7 +381,7 @@ def main() -> None:
             last.bias += args.obj_score_bias
     vp = build_video_predictor(backbone, size, args.baseline == "stock")
     vp.load_state_dict(model.sam.state_dict(), strict=True)
-    vp.eval()
+    vp.to(dev).eval()
     fix_bf16_memory(vp)
     enc_ours, enc_theirs = EncoderCounter(model.sam.image_encoder), EncoderCounter(vp.image_encoder)
 
@@ -356,7 +393,9 @@ def main() -> None:
         box = tuple(float(v) for v in box_from_mask(label[k]))
         prompt = Prompt(k, box=box)
 
-        print(f"device: {platform.processor() or platform.machine()}, CPU, {torch.get_num_threads()} torch threads; "
+        hw = (f"{torch.cuda.get_device_name(dev)}, CUDA {torch.version.cuda}" if dev.type == "cuda"
+              else f"{platform.processor() or platform.machine()}, CPU")
+        print(f"device: {hw}, {torch.get_num_threads()} torch threads; "
               f"torch {torch.__version__}; SAM2.1 hiera-{backbone} at {size} px, {origin}"
               + (f", object-score bias {args.obj_score_bias:+g}" if args.obj_score_bias else ""))
         print(f"volume: synthetic spleen case {args.case} (seed {args.seed}), slices {z0}..{z0 + n - 1} of {nz} "
@@ -373,9 +412,11 @@ def main() -> None:
         for setting in args.settings:
             t_ours, t_prop, t_init = [], [], []
             for r in range(args.repeats + 1):
-                p_ours, dt, e_ours = run_ours(model, frames, prompt, setting, args.chunk, enc_ours)
-                p_theirs, tp, ti, e_init, e_prop = run_theirs(vp, folder, n, k, box, setting,
-                                                              args.baseline == "stock", enc_theirs)
+                p_ours, dt, e_ours = run_ours(model, frames, prompt, setting, args.chunk, enc_ours, dev,
+                                              args.amp, lockstep)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp):
+                    p_theirs, tp, ti, e_init, e_prop = run_theirs(vp, folder, n, k, box, setting,
+                                                                  args.baseline == "stock", enc_theirs, dev)
                 if r:
                     t_ours.append(dt)
                     t_prop.append(tp)
@@ -400,9 +441,12 @@ def main() -> None:
                       "Dice 1.0 of two empty masks proves nothing. Use --checkpoint or --obj-score-bias.")
 
         for st, (to_, tp_, _, c_) in results.items():
-            emit(f"whole-volume inference ({st} passes), hiera-{backbone} {size} px, {n} slices", to_, tp_,
+            how = ", ".join(x for x in ("bf16 autocast" if args.amp else "",
+                                        "lockstep" if lockstep and st == "full" else "") if x)
+            emit(f"whole-volume inference ({st} passes{', ' + how if how else ''}), hiera-{backbone} {size} px, "
+                 f"{n} slices", to_, tp_,
                  "sam2 SAM2VideoPredictor (same weights, frames, box)", "s/volume", better="lower",
-                 note=f"outputs agree: Dice {c_['dice']:.4f}" + (" (BOTH EMPTY)" if c_["empty"] else ""))
+                 machine_desc=machine(str(dev)), note=f"outputs agree: Dice {c_['dice']:.4f}" + (" (BOTH EMPTY)" if c_["empty"] else ""))
         s = "full" if "full" in results else args.settings[0]
         to, tp, tinc, c = results[s]
         note = " (BOTH EMPTY: proves nothing)" if c["empty"] else ""

@@ -7,6 +7,7 @@ Usage::
     python benchmarks/run_all.py --only metrics prepare
     python benchmarks/run_all.py --list          # the jobs and their arguments
     python benchmarks/run_all.py --render-only   # rewrite RESULTS.md from results.json
+    python benchmarks/run_all.py --from-gpu-check gpu-check/   # store a GPU check's figures, rewrite RESULTS.md
 
 Each job runs one ``bench_*.py`` script in its own process (output streamed, and kept in
 ``benchmarks/logs/<job>.log``). Every claim a script measures arrives as a ``BENCH {...}``
@@ -17,6 +18,12 @@ table always says when and where each figure was measured. Scripts may also leav
 Markdown section (``benchmarks/sections/<name>.md``: the quality and cost tables), which
 goes below the table, followed by the test counts of the reliability suites (fault,
 bad-input and security tests, counted with ``pytest --collect-only``).
+
+``--from-gpu-check DIR`` runs nothing: it reads ``DIR/gpu_check.json`` (written on a GPU
+node by ``scripts/gpu-check.sh``, driver ``benchmarks/gpu_check.py``) and stores its figures
+as the jobs ``gpu_tests``, ``gpu_train``, ``gpu_predict`` and ``gpu_infer`` (rows below the
+CPU jobs, the card in the machine column; figures without a same-run baseline show "-"
+there). A dry run's JSON (CPU) is refused unless ``--allow-dry-run`` (tests only).
 
 Exit status: non-zero when a job failed (its entry records the failure; RESULTS.md is
 still written, saying so).
@@ -55,6 +62,9 @@ JOBS: dict[str, tuple[str, list[str]]] = {
     # the rehearsal workflow (config/rehearsal.yaml, ~1 h on 2 CPU cores), predict on the longest case, FLOPs
     "scale": ("bench_scale.py", ["--run", "--predict-longest", "--flops"]),
 }
+#: jobs filled from a GPU check's gpu_check.json (--from-gpu-check), never run by this script;
+#: rendered after JOBS, and only when results.json has them
+GPU_JOBS = ("gpu_tests", "gpu_train", "gpu_predict", "gpu_infer")
 # (title, test file) of the reliability suites counted in RESULTS.md
 SUITES = [
     ("bad-input sweep (malformed inputs x every command)", "tests/test_bad_inputs.py"),
@@ -117,6 +127,113 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+class GpuCheckError(ValueError):
+    pass
+
+
+def _row(what: str, ours: float | None, unit: str, machine: str, note: str = "", better: str = "lower") -> dict:
+    """A figure without a same-run baseline (rendered with "-" in the baseline and ratio columns)."""
+    return {"what": what, "ours": None if ours is None else float(ours), "baseline": None, "baseline_name": "", "ratio": None, "unit": unit,
+            "better": better, "machine": machine, "note": note}
+
+
+def gpu_entries(folder: Path, allow_dry_run: bool = False) -> dict:
+    """results.json entries (GPU_JOBS) from a GPU check's ``gpu_check.json`` (a folder or the file)."""
+    path = Path(folder)
+    path = path / "gpu_check.json" if path.is_dir() else path
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GpuCheckError(f"{path}: cannot read a GPU check's results ({exc})") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("steps"), dict):
+        raise GpuCheckError(f"{path}: not a gpu_check.json (no 'steps')")
+    dry = bool(rec.get("dry_run")) or rec.get("device") != "cuda" or not rec.get("gpu")
+    if dry and not allow_dry_run:
+        raise GpuCheckError(f"a dry run measures nothing: {path} was written by `scripts/gpu-check.sh --dry-run` "
+                            f"on {rec.get('machine') or 'a CPU'}; run the check on a GPU node "
+                            "(benchmarks/README.md, 'GPU check'), or pass --allow-dry-run (tests only)")
+    mach = rec.get("machine") or "unknown"
+    tag = "[DRY RUN, CPU: measures nothing] " if dry else ""
+    st = rec.get("settings", {})
+    steps = rec["steps"]
+    entries = {}
+
+    def entry(job: str, step: str, rows: list) -> None:
+        s = steps.get(step)
+        if s is None:
+            return
+        status = "ok" if s.get("status") in ("ok", "none") else str(s.get("status"))
+        if status != "ok" and s.get("error"):
+            rows = rows + [_row(f"{tag}{step}: **{status}**: {str(s['error']).splitlines()[0][:200]}", None, "", mach)]
+        entries[job] = {"script": "gpu_check.py", "args": [step] + (["--dry-run"] if dry else []),
+                        "date": s.get("started") or rec.get("started"), "commit": rec.get("commit", "unknown"),
+                        "seconds": float(s.get("seconds") or 0.0), "returncode": 0 if status == "ok" else 1,
+                        "status": status, "results": [r for r in rows if r is not None]}
+
+    def get(d, *keys):
+        for k in keys:
+            d = d.get(k) if isinstance(d, dict) else None
+        return d
+
+    t = steps.get("cuda_tests", {})
+    if t:
+        files = ", ".join(t.get("files") or []) or "no file"
+        what = (f"{tag}`pytest -m cuda` ({files}): {t.get('passed', 0)} passed, {t.get('skipped', 0)} skipped, "
+                f"{t.get('failed', 0)} failed, {t.get('errors', 0)} errors")
+        entry("gpu_tests", "cuda_tests", [_row(what, t.get("passed", 0), "tests passed", mach, better="higher")])
+
+    tr = steps.get("train", {})
+    if tr:
+        desc = (f"Hiera-{st.get('backbone')} {st.get('image_size')} px, D={st.get('clip_length')}, encoder frozen, "
+                f"{'float32 (CPU: no autocast)' if dry else 'bf16 autocast'}, random init (no SAM2 weights on "
+                f"the node), {st.get('steps')} steps")
+        det = tr.get("deterministic")
+        rows = []
+        a = tr.get("run_a") or {}
+        if a.get("s_per_step") is not None:
+            rows.append(_row(f"{tag}training step, {desc}", a["s_per_step"], "s/step", mach,
+                             f"median of train_log.csv steps 2-{st.get('steps')}, train.deterministic "
+                             f"{str(det).lower()}" + (" (deterministic mode was refused: see the JSON)"
+                                                      if tr.get("deterministic_error") else "")))
+        if a.get("peak_memory_mb") is not None:
+            rows.append(_row(f"{tag}training peak memory, {desc}", a["peak_memory_mb"], "MB", mach,
+                             "torch.cuda.max_memory_allocated" if not dry else "peak RSS"))
+        r = tr.get("resume")
+        if r:
+            verdict = ("bitwise equal" if r["bitwise_equal"] else "not bitwise equal") + \
+                f"; {'PASS' if r['pass'] else 'FAIL'} at {r['tolerance']}"
+            rows.append(_row(f"{tag}resume: stopped after step {tr.get('run_b_stopped_at')}, resumed to "
+                             f"{st.get('steps')}, vs uninterrupted (trainable tensors of last.pt)",
+                             r["max_abs_diff"], "max abs diff", mach, verdict))
+        entry("gpu_train", "train", rows)
+
+    pr = steps.get("predict", {})
+    if pr:
+        n = pr.get("slices")
+        shape = "x".join(str(v) for v in (get(pr, "api", "shape") or [n, "?", "?"]))
+        rows = []
+        cli = pr.get("cli") or {}
+        if cli.get("rc") == 0:
+            rows.append(_row(f"{tag}`sam2-3dmed predict`, one {n}-slice CT ({'x'.join(map(str, pr.get('input_shape') or []))} "
+                             "voxels), whole command (start-up, model load, read, predict, write)",
+                             cli["s_per_volume"], "s/volume", mach, f"{cli['s_per_slice']:.3g} s/slice"))
+        api = pr.get("api") or {}
+        if api:
+            rows.append(_row(f"{tag}whole-volume inference in-process (predict_by_propagation, auto mode), {shape}",
+                             api["s_per_volume"], "s/volume", mach,
+                             f"{api['s_per_slice']:.3g} s/slice; feature cache {api['feature_cache_mb']:.0f} MB "
+                             f"({api['feature_cache_mb_per_slice']:.2f} MB/slice, {api.get('feature_dtype')})"))
+            rows.append(_row(f"{tag}whole-volume inference peak memory, {shape}", api["peak_memory_mb"], "MB", mach,
+                             api.get("peak_memory_kind", "")))
+        entry("gpu_predict", "predict", rows)
+
+    bi = steps.get("bench_infer", {})
+    if bi:
+        rows = [dict(r, what=tag + r["what"]) for r in bi.get("results") or []]
+        entry("gpu_infer", "bench_infer", rows)
+    return entries
+
+
 def render(entries: dict) -> str:
     out = ["# Benchmark results", "",
            "Written by `python benchmarks/run_all.py` (`make bench`) from the committed `bench_*.py` scripts; "
@@ -125,7 +242,7 @@ def render(entries: dict) -> str:
            "noisy: read ratios, not absolute times. Per-job logs: `benchmarks/logs/` (local, not committed). Caveats of the published run: `benchmarks/README.md`.", "",
            "| job | what | ours | baseline (same run) | ratio | machine |",
            "|---|---|---|---|---|---|"]
-    for name in JOBS:
+    for name in [*JOBS, *(g for g in GPU_JOBS if g in entries)]:
         e = entries.get(name)
         if e is None:
             out.append(f"| {name} | not run yet | | | | |")
@@ -135,11 +252,15 @@ def render(entries: dict) -> str:
             continue
         for r in e["results"]:
             note = f" ({r['note']})" if r.get("note") else ""
+            if r.get("baseline") is None:  # a GPU check's figure without a same-run baseline
+                ours = "-" if r.get("ours") is None else f"{_fmt(r['ours'])} {r['unit']}"
+                out.append(f"| {name} | {r['what']}{note} | {ours} | - | - | {r['machine']} |")
+                continue
             out.append(f"| {name} | {r['what']}{note} | {_fmt(r['ours'])} {r['unit']} | {_fmt(r['baseline'])} "
                        f"{r['unit']}: {r['baseline_name']} | **{r['ratio']:.2f}x** | {r['machine']} |")
     out += ["", "Runs: " + "; ".join(
         f"{n} {e['date']} at {e['commit']} ({e['seconds']:.0f} s{'' if e['status'] == 'ok' else ', ' + e['status']})"
-        for n, e in entries.items() if n in JOBS) + ".", ""]
+        for n, e in entries.items() if n in JOBS or n in GPU_JOBS) + ".", ""]
     for name in ("quality", "cost", "scale"):
         sec = SECTIONS / f"{name}.md"
         if sec.is_file():
@@ -162,14 +283,33 @@ def main() -> int:
     ap.add_argument("--skip", nargs="+", choices=list(JOBS), default=[], help="do not run these jobs")
     ap.add_argument("--list", action="store_true", help="print the jobs and exit")
     ap.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from results.json, run nothing")
+    ap.add_argument("--from-gpu-check", metavar="DIR", type=Path, default=None,
+                    help="store DIR/gpu_check.json's figures (scripts/gpu-check.sh) as the gpu_* jobs, run nothing")
+    ap.add_argument("--allow-dry-run", action="store_true",
+                    help="with --from-gpu-check: accept a dry run's (CPU) JSON (tests only: it measures nothing)")
+    ap.add_argument("--results-json", type=Path, default=None, help="results file (default: benchmarks/results.json)")
+    ap.add_argument("--results-md", type=Path, default=None, help="table to write (default: benchmarks/RESULTS.md)")
     args = ap.parse_args()
     if args.list:
         for name, (script, a) in JOBS.items():
             print(f"{name:10s} python benchmarks/{script} {' '.join(a)}")
         return 0
-    entries = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
+    results_json, results_md = args.results_json or RESULTS_JSON, args.results_md or RESULTS_MD
+    entries = json.loads(results_json.read_text()) if results_json.is_file() else {}
     failed = []
-    if not args.render_only:
+    if args.from_gpu_check is not None:
+        try:
+            new = gpu_entries(args.from_gpu_check, allow_dry_run=args.allow_dry_run)
+        except GpuCheckError as exc:
+            print(f"run_all: error: {exc}", file=sys.stderr)
+            return 2
+        entries.update(new)
+        for name, e in new.items():
+            print(f"== {name}: {e['status']}, {len(e['results'])} row(s) from {args.from_gpu_check}")
+        tmp = results_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(entries, indent=1) + "\n")
+        tmp.replace(results_json)
+    elif not args.render_only:
         for name in args.only or list(JOBS):
             if name in args.skip:
                 continue
@@ -177,13 +317,14 @@ def main() -> int:
             entries[name] = run_job(name, script, a)
             if entries[name]["status"] != "ok":
                 failed.append(name)
-            tmp = RESULTS_JSON.with_suffix(".json.tmp")  # after every job: a later failure keeps earlier figures
+            tmp = results_json.with_suffix(".json.tmp")  # after every job: a later failure keeps earlier figures
             tmp.write_text(json.dumps(entries, indent=1) + "\n")
-            tmp.replace(RESULTS_JSON)
-    tmp = RESULTS_MD.with_suffix(".md.tmp")
+            tmp.replace(results_json)
+    tmp = results_md.with_suffix(".md.tmp")
     tmp.write_text(render(entries))
-    tmp.replace(RESULTS_MD)
-    print(f"wrote {RESULTS_MD.relative_to(REPO)}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    tmp.replace(results_md)
+    shown = results_md.resolve().relative_to(REPO) if results_md.resolve().is_relative_to(REPO) else results_md
+    print(f"wrote {shown}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

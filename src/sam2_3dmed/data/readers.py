@@ -30,11 +30,28 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from ..atomic import atomic_file, ensure_dir
 from ..errors import InputFileError
 from .io import Volume, _short, load_nifti
+
+
+class _LazySimpleITK:
+    """SimpleITK, imported on first use: only NRRD, MetaImage and DICOM need it (NIfTI is read
+    and written with nibabel), so training and predicting NIfTI also run where it is not
+    installed (a GPU node given only the packages that the NIfTI path needs)."""
+
+    def __getattr__(self, name):
+        try:
+            import SimpleITK
+        except ImportError as exc:
+            raise ModuleNotFoundError("SimpleITK is needed to read and write NRRD, MetaImage and DICOM "
+                                      "(pip install SimpleITK)", name="SimpleITK") from exc
+        globals()["sitk"] = SimpleITK  # later look-ups go straight to the module
+        return getattr(SimpleITK, name)
+
+
+sitk = _LazySimpleITK()
 
 SUPPORTED = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder"
 _SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
