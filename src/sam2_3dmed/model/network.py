@@ -38,6 +38,16 @@ class _CaptureMemoryAttention(nn.Module):
         return curr[0] if isinstance(curr, list) else curr
 
 
+def _remember(out_dict: dict, s: int, entry: dict, is_cond: bool, step: int, keep: int) -> None:
+    """Keep slice ``s``'s memory entry as SAM2 does (conditioning or not); of the others only
+    the last ``keep`` in propagation order (bounded memory on long volumes)."""
+    if is_cond:
+        out_dict["cond_frame_outputs"][s] = entry
+        return
+    out_dict["non_cond_frame_outputs"][s] = entry
+    out_dict["non_cond_frame_outputs"].pop(s - step * keep, None)
+
+
 @dataclass
 class SliceFeatures:
     """Per-slice features, N slices: low (N, C, h, w) adapted; s1 (N, 64, 2h, 2w);
@@ -191,22 +201,31 @@ class SAM23dMed(nn.Module):
                 current_vision_pos_embeds=[pos], feat_sizes=[(h, w)], output_dict=out_dict,
                 num_frames=num_frames, track_in_reverse=reverse,
             )
-            if self.fusion is not None:
-                q = bd_query[idx].to(dtype) if cast else bd_query[idx]
-                pix = self.fusion(pix, q, f.low, f.pos.expand(batch, -1, -1, -1))
-            raw, masked, obj_logit, obj_ptr, _ = self._heads(pix, f, pts)
-            mem, mem_pos = sam._encode_new_memory(
-                current_vision_feats=[flat], feat_sizes=[(h, w)], pred_masks_high_res=masked,
-                object_score_logits=obj_logit[:, None], is_mask_from_pts=pts is not None,
-            )
-            entry = {"maskmem_features": mem, "maskmem_pos_enc": mem_pos, "obj_ptr": obj_ptr}
+            pix = self._fuse(pix, bd_query, idx, f, cast, dtype)
+            raw, obj_logit, entry = self._decode(pix, f, flat, pts, (h, w))
+            _remember(out_dict, s, entry, is_cond, step, keep)
             if is_cond:
-                out_dict["cond_frame_outputs"][s] = entry
                 cond_results[s] = (raw, obj_logit)
                 continue  # yielded when the order reaches it
-            out_dict["non_cond_frame_outputs"][s] = entry
-            out_dict["non_cond_frame_outputs"].pop(s - step * keep, None)  # bounded memory on long volumes
             yield s, raw, obj_logit
+
+    def _fuse(self, pix, bd_query, idx, f: SliceFeatures, cast: bool, dtype):
+        """BD-fusion of the memory-conditioned features ``pix`` of slices ``idx`` (unchanged
+        without the fusion module)."""
+        if self.fusion is None:
+            return pix
+        q = bd_query[idx].to(dtype) if cast else bd_query[idx]
+        return self.fusion(pix, q, f.low, f.pos.expand(pix.shape[0], -1, -1, -1))
+
+    def _decode(self, pix, f: SliceFeatures, flat, pts, hw):
+        """Mask decoder and memory encoder of one step: (raw logits, object logits, the memory
+        entry SAM2 keeps for the slice)."""
+        raw, masked, obj_logit, obj_ptr, _ = self._heads(pix, f, pts)
+        mem, mem_pos = self.sam._encode_new_memory(
+            current_vision_feats=[flat], feat_sizes=[hw], pred_masks_high_res=masked,
+            object_score_logits=obj_logit[:, None], is_mask_from_pts=pts is not None,
+        )
+        return raw, obj_logit, {"maskmem_features": mem, "maskmem_pos_enc": mem_pos, "obj_ptr": obj_ptr}
 
     def propagate_lockstep(self, feats: SliceFeatures, lanes: list[tuple[list[int], dict]],
                            bd_query: torch.Tensor | None = None, num_frames: int | None = None):
@@ -254,36 +273,27 @@ class SAM23dMed(nn.Module):
             f = feats.select(idx).to(dtype) if cast else feats.select(idx)
             flat = f.low.flatten(2).permute(2, 0, 1)  # (hw, L, C)
             pos = f.pos.expand(len(todo), -1, -1, -1).flatten(2).permute(2, 0, 1)
-            pix = self._lockstep_memory(states, todo, flat, pos, (h, w), num_frames)
-            if self.fusion is not None:
-                q = bd_query[idx].to(dtype) if cast else bd_query[idx]
-                pix = self.fusion(pix, q, f.low, f.pos.expand(len(todo), -1, -1, -1))
-            pts = [states[lane]["conds"].get(s) if s in states[lane]["conds"] else None for lane, s in todo]
-            if all(p is None for p in pts):
-                groups = [list(range(len(todo)))]
-            else:  # prompted conditioning slices: their points differ in number, decode them one by one
-                groups = [[j] for j in range(len(todo))]
+            pix = self._fuse(self._lockstep_memory(states, todo, flat, pos, (h, w), num_frames), bd_query, idx, f,
+                             cast, dtype)
+            pts = [states[lane]["conds"].get(s) for lane, s in todo]
+            # unprompted slices decode as one batch; prompted ones (their points differ in number) one by one
+            groups = [list(range(len(todo)))] if all(p is None for p in pts) else [[j] for j in range(len(todo))]
             results = [None] * len(todo)
             for g in groups:
                 sel = torch.tensor(g, device=feats.low.device)
-                fg = f.select(sel) if len(g) < len(todo) else f
-                p = pts[g[0]] if len(g) == 1 else None
-                raw, masked, obj_logit, obj_ptr, _ = self._heads(pix[sel] if len(g) < len(todo) else pix, fg, p)
-                mem, mem_pos = sam._encode_new_memory(
-                    current_vision_feats=[flat[:, sel] if len(g) < len(todo) else flat], feat_sizes=[(h, w)],
-                    pred_masks_high_res=masked, object_score_logits=obj_logit[:, None], is_mask_from_pts=p is not None)
+                raw, obj_logit, entry = self._decode(pix[sel], f.select(sel), flat[:, sel],
+                                                     pts[g[0]] if len(g) == 1 else None, (h, w))
                 for k, j in enumerate(g):
                     results[j] = (raw[k:k + 1], obj_logit[k:k + 1],
-                                  {"maskmem_features": mem[k:k + 1], "maskmem_pos_enc": [m[k:k + 1] for m in mem_pos],
-                                   "obj_ptr": obj_ptr[k:k + 1]})
+                                  {"maskmem_features": entry["maskmem_features"][k:k + 1],
+                                   "maskmem_pos_enc": [m[k:k + 1] for m in entry["maskmem_pos_enc"]],
+                                   "obj_ptr": entry["obj_ptr"][k:k + 1]})
             for (lane, s), (raw, obj_logit, entry) in zip(todo, results):
                 st = states[lane]
+                _remember(st["out"], s, entry, s in st["conds"], st["step"], keep)
                 if s in st["conds"]:
-                    st["out"]["cond_frame_outputs"][s] = entry
                     st["cond_results"][s] = (raw, obj_logit)
                     continue
-                st["out"]["non_cond_frame_outputs"][s] = entry
-                st["out"]["non_cond_frame_outputs"].pop(s - st["step"] * keep, None)
                 yield lane, s, raw, obj_logit
 
     def _lockstep_memory(self, states, todo, flat, pos, hw, num_frames) -> torch.Tensor:
