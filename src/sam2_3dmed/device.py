@@ -66,6 +66,11 @@ def amp_dtype(device: torch.device, amp: bool, what: str = "train.amp") -> torch
     return torch.bfloat16
 
 
+def autocast(device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device`` (what :func:`amp_dtype` chose); None: off."""
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def bf16_native(capability: tuple[int, int]) -> bool:
     return tuple(capability) >= BF16_MIN_CAPABILITY
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..data.slices import fit_to_square, to_sam_input, unfit
+from ..device import autocast
 from ..model.network import SAM23dMed, SliceFeatures
 from ..model.prompts import Prompt, map_points, merge_prompts, prompt_points
 
@@ -75,10 +76,9 @@ def encode_volume(model: SAM23dMed, image_zyx, chunk: int | None = 16, device="c
     n = image_zyx.shape[0]
     cache: dict[str, torch.Tensor] = {}
     pos, info = None, None
-    dev_type = torch.device(device).type
     for i in range(0, n, chunk):
         fitted, info = fit_to_square(np.asarray(image_zyx[i:i + chunk], dtype=np.float32), model.image_size)
-        with torch.autocast(dev_type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        with autocast(device, amp):
             f = model.encode(to_sam_input(fitted).to(device, non_blocking=True))
             _, q = model.boundary(f)
         parts = {"low": f.low, "s1": f.s1, "s0": f.s0, **({"query": q} if q is not None else {})}
@@ -162,7 +162,7 @@ def _propagate(model, feats, query, info, n: int, prompts: list[Prompt], passes:
     plan = _plan(n, slices, passes)
     lanes = [(order, conds or {order[0]: None}) for order, _ in plan]  # auto: the pass's first slice, unprompted
     steps = sum(len(set(order) | set(c)) for order, c in lanes)  # decoder runs
-    with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+    with autocast(dev, amp):
         if lockstep and len(lanes) == 2 and len(lanes[0][0]) == len(lanes[1][0]):
             outputs = model.propagate_lockstep(feats, lanes, query)
         else:

@@ -37,7 +37,7 @@ from ..code_digest import package_digest
 from ..config import target_config, variant_config
 from ..console import log, new_progress
 from ..data.prepared import PreparedTarget
-from ..device import amp_dtype, describe_gpu, peak_memory_mb, pick_device, set_deterministic, set_rng_state
+from ..device import amp_dtype, autocast, describe_gpu, peak_memory_mb, pick_device, set_deterministic, set_rng_state
 from ..errors import UserError
 from ..infer.inference import InferenceSettings, dice, predict_prepared
 from ..model.boundary import BDFusion
@@ -256,7 +256,7 @@ class Trainer:
             key, prompt = make_prompt(batch, t, np.random.default_rng((t["seed"], PROMPT_STREAM, self.step)), dev) \
                 if self.model.accepts_prompts else (None, None)
             batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with torch.autocast(dev.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            with autocast(dev, self.amp):
                 terms = compute_losses(self.model.forward_clip(batch["image"], key_index=key, prompt=prompt), batch,
                                        self.cfg)
             (terms["loss"] / t["grad_accum"]).backward()
@@ -284,7 +284,10 @@ class Trainer:
         """The pending rows' device tensors as numbers, with one copy from the device. On a GPU
         the host runs ahead of the device, so each pending step's ``seconds`` is the mean wall
         time per step since the last materialisation; on a CPU it is the step's own time."""
-        pending = [r for r in self.train_rows if any(torch.is_tensor(v) for v in r.values())]
+        start = len(self.train_rows)  # the pending rows are the tail: walk back over them only
+        while start and any(torch.is_tensor(v) for v in self.train_rows[start - 1].values()):
+            start -= 1
+        pending = self.train_rows[start:]
         if not pending:
             return
         keys = [(i, k) for i, r in enumerate(pending) for k, v in r.items() if torch.is_tensor(v)]
