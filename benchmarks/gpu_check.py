@@ -520,6 +520,7 @@ class Check:
 
     def _predict_in_process(self, ckpt: Path) -> dict:
         from sam2_3dmed.device import peak_memory_mb
+        from sam2_3dmed.infer.inference import InferenceSettings
         from sam2_3dmed.infer.propagation import predict_by_propagation
         from sam2_3dmed.model.checkpoint import load_model
 
@@ -527,10 +528,13 @@ class Check:
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         loaded = load_model(ckpt, self.p.device)
         model, fdt = loaded.model, loaded.config["infer"]["feature_dtype"]
+        # what predict runs on this device: the checkpoint's infer settings (bf16, lockstep on a GPU)
+        amp, lockstep = InferenceSettings.from_config(loaded.config, loaded.target).on(self.dev)
         nz, ny, nx = self.p.predict_shape
         arr = np.random.default_rng(1).random((nz, ny, nx), dtype=np.float32)
         with torch.no_grad():
-            predict_by_propagation(model, arr[:8], None, device=self.dev, feature_dtype=fdt)  # warm-up (kernels)
+            predict_by_propagation(model, arr[:8], None, device=self.dev, feature_dtype=fdt, amp=amp,
+                                   lockstep=lockstep)  # warm-up (kernels)
             sync()
             if cuda:
                 torch.cuda.empty_cache()
@@ -538,7 +542,7 @@ class Check:
             stats: dict = {}
             t0 = time.perf_counter()
             prob = predict_by_propagation(model, arr, None, device=self.dev, feature_dtype=fdt, passes="half",
-                                          stats=stats)
+                                          stats=stats, amp=amp, lockstep=lockstep)
             sync()
             seconds = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else peak_memory_mb(self.dev)
@@ -548,7 +552,8 @@ class Check:
                "feature_cache_mb": stats.get("feature_cache_bytes", 0) / 2 ** 20,
                "feature_cache_mb_per_slice": stats.get("feature_cache_bytes", 0) / 2 ** 20 / nz,
                "feature_dtype": fdt, "steps": stats.get("steps"), "slices": nz, "shape": [nz, ny, nx],
-               "prob_shape": list(prob.shape), "input": "random float32 in [0, 1]", "passes": "half (auto mode)"}
+               "prob_shape": list(prob.shape), "input": "random float32 in [0, 1]", "passes": "half (auto mode)",
+               "amp": str(amp), "lockstep": lockstep}
         del model, loaded, prob, arr
         if cuda:
             torch.cuda.empty_cache()
@@ -567,7 +572,7 @@ class Check:
             if m:
                 per[m.group(1)] = {"dice": float(m.group(2)), "max_prob_diff": float(m.group(3))}
         for r in results:
-            m = re.search(r"\((half|full) passes\)", r["what"])
+            m = re.search(r"\((half|full) passes[,)]", r["what"])  # "(full passes, lockstep)" on a GPU
             d = re.search(r"Dice ([0-9.]+)", r.get("note", ""))
             if m:
                 s = per.setdefault(m.group(1), {})

@@ -229,7 +229,9 @@ def gpu_entries(folder: Path, allow_dry_run: bool = False) -> dict:
 
     bi = steps.get("bench_infer", {})
     if bi:
-        rows = [dict(r, what=tag + r["what"]) for r in bi.get("results") or []]
+        # float32 on both sides, then (time allowing) both under bf16 autocast
+        rows = [dict(r, what=tag + r["what"]) for r in [*(bi.get("results") or []),
+                                                        *((bi.get("amp") or {}).get("results") or [])]]
         entry("gpu_infer", "bench_infer", rows)
     return entries
 

@@ -106,7 +106,13 @@ def _fake_check(folder: Path, dry: bool) -> Path:
                 {"what": "whole-volume inference (full passes), hiera-small 512 px, 64 slices", "ours": 2.0,
                  "baseline": 3.5, "baseline_name": "sam2 SAM2VideoPredictor (same weights, frames, box)",
                  "ratio": 1.75, "unit": "s/volume", "better": "lower",
-                 "machine": "NVIDIA H200 (GPU), torch 2.11.0+cu130", "note": "outputs agree: Dice 1.0000"}]},
+                 "machine": "NVIDIA H200 (GPU), torch 2.11.0+cu130", "note": "outputs agree: Dice 1.0000"}],
+                "amp": {"rc": 0, "ratio": 2.6, "results": [
+                    {"what": "whole-volume inference (full passes, bf16 autocast, lockstep), hiera-small 512 px, "
+                             "64 slices", "ours": 1.0, "baseline": 2.6,
+                     "baseline_name": "sam2 SAM2VideoPredictor (same weights, frames, box)", "ratio": 2.6,
+                     "unit": "s/volume", "better": "lower", "machine": "NVIDIA H200 (GPU), torch 2.11.0+cu130",
+                     "note": "outputs agree: Dice 0.9990"}]}},
         },
     }
     (folder / "gpu_check.json").write_text(json.dumps(rec))
@@ -135,6 +141,7 @@ def test_run_all_renders_a_gpu_check_naming_the_card(tmp_path, run_all, monkeypa
     assert any("bitwise equal; PASS" in ln for ln in rows)
     assert any(ln.startswith("| gpu_predict |") and "**error**" in ln for ln in rows)
     assert any(ln.startswith("| gpu_infer |") and "**1.75x**" in ln for ln in rows)
+    assert any(ln.startswith("| gpu_infer |") and "bf16 autocast" in ln and "**2.60x**" in ln for ln in rows)
     # the other jobs' rows are rendered as before
     old = [ln for ln in before.splitlines() if ln.startswith("| ") and not ln.startswith("| gpu_")]
     new = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| gpu_")]

@@ -15,6 +15,7 @@ from .errors import UserError
 CUBLAS_WORKSPACE = ":4096:8"
 #: bf16 runs natively from compute capability 8.0 (Ampere) on; older cards emulate it slowly
 BF16_MIN_CAPABILITY = (8, 0)
+_WARNED: set = set()  # (card, setting) pairs already warned about: once per process, not per volume
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -60,6 +61,9 @@ def amp_dtype(device: torch.device, amp: bool, what: str = "train.amp") -> torch
     capability = torch.cuda.get_device_capability(device)
     if not bf16_native(capability):
         name = torch.cuda.get_device_name(device)
+        if (name, what) in _WARNED:
+            return None
+        _WARNED.add((name, what))
         log.warning("%s: %s (compute capability %d.%d) has no native bfloat16; autocast is off and this "
                     "runs in float32 (set %s: false to silence this)", what, name, *capability, what)
         return None
