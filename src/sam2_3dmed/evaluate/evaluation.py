@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir
-from ..config import PERTURBATIONS, mode_info, robustness_mode, target_config
+from ..config import PERTURBATIONS, mode_info, robustness_mode, target_config, variant_config
 from ..console import log
 from ..data.prepared import PreparedTarget
 from ..data.readers import write_nifti_like
@@ -153,6 +153,48 @@ class EvalJob:
         return (Path(self.run_dir),) if isinstance(self.run_dir, (str, Path)) else tuple(map(Path, self.run_dir))
 
 
+def case_metrics(mask: np.ndarray, gt: np.ndarray, spacing, tolerance_mm: float, bands_mm=(),
+                 percentiles=()) -> dict:
+    """Every metric of one predicted mask against its ground truth (both on the original
+    grid), the boundary analysis included."""
+    return compute_metrics(mask, gt, spacing, tolerance_mm, bands_mm=bands_mm or None, percentiles=percentiles or None)
+
+
+def metrics_row(case_id: str, mode: str, m: dict, voxel_ml: float, *, seconds: float, slices: int, device,
+                prompt: str = "", n_prompts: int = 0, feature_cache_mb: float = 0.0) -> dict:
+    """One metrics.csv row (``FIELDS`` + the boundary columns) from :func:`case_metrics`'s
+    result: error bands in mL, surface-distance percentiles in mm. ``peak_mem_mb`` is set
+    by the caller once the case is done (a high-water mark over all its modes)."""
+    extra = {k: (v * voxel_ml if k.startswith("err_mm_") else v) for k, v in m.items()
+             if k.startswith(("err_mm_", "sd_p"))}
+    log.info("%s %s: Dice %.4f, HD95 %.2f mm, NSD %.4f, %.1f s", case_id, mode, m["dice"], m["hd95"], m["nsd"],
+             seconds)
+    return {
+        "case_id": case_id, "mode": mode, "prompt": prompt, "n_prompts": n_prompts,
+        **{k: m[k] for k in METRICS}, "pred_voxels": m["pred_voxels"], "gt_voxels": m["gt_voxels"],
+        "gt_volume_ml": m["gt_voxels"] * voxel_ml,
+        "seconds": seconds, "slices": slices, "slices_per_s": slices / seconds if seconds > 0 else None,
+        "peak_mem_mb": None, "feature_cache_mb": feature_cache_mb,
+        "device": str(device), **extra,
+    }
+
+
+def write_evaluation(folder: Path, rows: list[dict], summary: dict, bands_mm, percentiles, step) -> None:
+    """metrics.csv (a row per case and mode), summary.json (``summary`` + the per-mode
+    statistics under ``metrics``) and metrics.json (those statistics only, for ``dvc
+    metrics show``) in ``folder``. Fills ``summary["metrics"]``."""
+    with (folder / "metrics.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS + boundary_columns(bands_mm, percentiles))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    summary["metrics"] = summarise(rows)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    # numbers only, for `dvc metrics show` (the workflow copies it out of the run folder)
+    numbers = {"n_cases": summary["n_cases"], "checkpoint_step": step, **summary["metrics"]}
+    (folder / "metrics.json").write_text(json.dumps(numbers, indent=2, allow_nan=False) + "\n")
+
+
 def evaluate_case(models: Ensemble | LoadedModel, prepared: PreparedTarget, case_id: str, modes: list[str],
                   settings: InferenceSettings, labels: list[int], tolerance_mm: float, prompt_kind: str,
                   predictions: Path | None = None, progress_label: str = "", seed: int = 0,
@@ -194,26 +236,15 @@ def evaluate_case(models: Ensemble | LoadedModel, prepared: PreparedTarget, case
         mask, _ = to_mask(prob, geom, settings)
         del prob
         seconds += time.perf_counter() - t0
-        m = compute_metrics(mask, gt, spacing, tolerance_mm, bands_mm=bands_mm or None,
-                            percentiles=percentiles or None)
-        extra = {k: (v * voxel_ml if k.startswith("err_mm_") else v) for k, v in m.items()
-                 if k.startswith(("err_mm_", "sd_p"))}
+        m = case_metrics(mask, gt, spacing, tolerance_mm, bands_mm, percentiles)
         for alias in (a for a in modes if source[a] == mode):
             if predictions is not None:
                 write_nifti_like(mask, gt_vol, predictions / f"{case_id}_{alias}.nii.gz")
             kind = mode_kind(alias, prompt_kind)
-            rows[alias] = {
-                "case_id": case_id, "mode": alias,
-                "prompt": "" if kind is None else (kind if prompts[alias] else "none (empty label)"),
-                "n_prompts": len(prompts[alias] or []),
-                **{k: m[k] for k in METRICS}, "pred_voxels": m["pred_voxels"], "gt_voxels": m["gt_voxels"],
-                "gt_volume_ml": m["gt_voxels"] * voxel_ml,
-                "seconds": seconds, "slices": image.shape[0], "slices_per_s": image.shape[0] / seconds,
-                "peak_mem_mb": None, "feature_cache_mb": cache_bytes / 2 ** 20,
-                "device": str(device), **extra,
-            }
-            log.info("%s %s: Dice %.4f, HD95 %.2f mm, NSD %.4f, %.1f s", case_id, alias, m["dice"], m["hd95"],
-                     m["nsd"], seconds)
+            rows[alias] = metrics_row(
+                case_id, alias, m, voxel_ml, seconds=seconds, slices=image.shape[0], device=device,
+                prompt="" if kind is None else (kind if prompts[alias] else "none (empty label)"),
+                n_prompts=len(prompts[alias] or []), feature_cache_mb=cache_bytes / 2 ** 20)
 
     stats: dict = {}
     label_text = f"{case_id} {progress_label}".strip()
@@ -247,6 +278,17 @@ def mode_kind(mode: str, prompt_kind: str) -> str | None:
 def evaluate_run(cfg: dict, job: EvalJob) -> Path:
     """Score a trained run (or an ensemble of runs) on its fold's validation (or the
     held-out test) cases."""
+    from ..nnunet.inference import is_nnunet_path
+
+    nnunet = [is_nnunet_path(r) for r in job.run_dirs]
+    if any(nnunet) or variant_config(cfg, job.variant)["model"]["arch"] == "nnunet":
+        if not all(nnunet):
+            bad = job.run_dirs[nnunet.index(False)]
+            raise UserError(f"is not an nnU-Net run (no model.pt), but variant {job.variant!r} or another --run "
+                            "is: an ensemble has one kind of model", bad)
+        from ..nnunet.inference import evaluate_nnunet
+
+        return evaluate_nnunet(cfg, job)
     ecfg = cfg["evaluate"]
     split = job.split or ecfg["split"]
     counts = tuple(job.prompt_counts or ecfg["prompt_counts"])
@@ -318,11 +360,6 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
             rows += evaluate_case(ens, prepared, cid, modes, settings, tcfg["labels"], tol, ecfg["prompt"],
                                   tmp / "predictions" if save else None, f"({i + 1}/{len(cases)})",
                                   seed=int(ecfg["robustness"]["seed"]), bands_mm=bands, percentiles=pcts)
-        with (tmp / "metrics.csv").open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=FIELDS + boundary_columns(bands, pcts))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
         summary = {
             "target": target, "variant": job.variant, "fold": fold if len(ens) == 1 else None, "split": split,
             "modes": modes, "prompt": ecfg["prompt"], "prompt_counts": list(counts),
@@ -335,12 +372,8 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
             "pretrained": bool(lm.config["model"]["pretrained"]), "backbone": lm.config["model"]["backbone"],
             "image_size": lm.config["model"]["image_size"], "infer": cfg["infer"],
             "device": str(lm.device), "torch": torch.__version__, "python": platform.python_version(),
-            "metrics": summarise(rows),
         }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-        # numbers only, for `dvc metrics show` (the workflow copies it out of the run folder)
-        numbers = {"n_cases": len(cases), "checkpoint_step": lm.step, **summary["metrics"]}
-        (tmp / "metrics.json").write_text(json.dumps(numbers, indent=2, allow_nan=False) + "\n")
+        write_evaluation(tmp, rows, summary, bands, pcts, lm.step)
     what = f"fold {fold}" if len(ens) == 1 else ens.describe()
     for mode, s in summary["metrics"].items():
         log.info("%s/%s/%s %s (%s, %d cases): Dice %.4f +- %.4f, HD95 %.2f mm", target, job.variant, what, mode,
