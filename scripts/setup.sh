@@ -32,7 +32,20 @@ if ! "$VENV/bin/python" -c "import sam2" 2>/dev/null; then
   "${PIP[@]}" install setuptools wheel
   SAM2_BUILD_CUDA=0 "${PIP[@]}" install --no-deps --no-build-isolation "$SAM2_SPEC"
 fi
-echo "[setup] installing sam2-3dmed and its dependencies"
-"${PIP[@]}" install -e ".[workflow,dev]"
+echo "[setup] installing sam2-3dmed and its dependencies (nnU-Net v2 included: the nnunet extra)"
+# the installed torch is a constraint: nnunetv2 pulls torchvision, whose newest release
+# would otherwise bring its own (CUDA) torch
+constraints="$VENV/.torch-constraint.txt"
+"$VENV/bin/python" -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > "$constraints"
+"${PIP[@]}" install -c "$constraints" -e ".[workflow,dev,nnunet]"
+# On a CPU torch, the torchvision wheel of the package registry (a CUDA build, pulled in by
+# nnunetv2 -> dynamic-network-architectures -> timm) cannot load its operators and breaks
+# every `import torchvision`. Nothing here needs it (nnU-Net's default U-Nets, our SAM2
+# modules and SAM2's video predictor do not import it), so it goes, as before nnunetv2.
+if "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torchvision") is None)' \
+   && ! "$VENV/bin/python" -c 'import torchvision' 2>/dev/null; then
+  echo "[setup] removing torchvision: a CUDA build this torch ($(cat "$constraints")) cannot load"
+  "${PIP[@]}" uninstall -y torchvision
+fi
 echo "$want" > "$stamp"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, sam2, monai; print("torch", torch.__version__, "| monai", monai.__version__)')"
