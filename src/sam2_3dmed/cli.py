@@ -150,6 +150,27 @@ def train_cmd(
     _ok(f"trained {target}/{variant}/fold {fold} -> {dest}", cost=True)
 
 
+@app.command("nnunet-plan")
+def nnunet_plan_cmd(
+    config: Path = typer.Option(..., "--config", help="YAML config merged over the built-in defaults (its nnunet.* section)."),
+    target: str = typer.Option(..., "--target", help="Target name from the config."),
+    prepared: Optional[Path] = typer.Option(None, "--prepared", help="Prepared target folder (default: data.prepared/TARGET): its splits.json gives the cases and folds."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The target's nnU-Net folder: raw/, preprocessed/, nnunet_plan.json (default: nnunet.root/TARGET)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT (only after the new one is complete)."),
+) -> None:
+    """nnU-Net v2 reference arm: the target's training cases in nnU-Net's raw format (labels
+    merged as prepare merges them), our folds as splits_final.json, then
+    nnUNetv2_plan_and_preprocess (nnU-Net's own planning). Needs the nnunet extra."""
+    from .config import load_config
+    from .nnunet import nnunet_root
+    from .nnunet.dataset import plan_target
+
+    cfg = load_config(config)
+    dest = plan_target(cfg, target, prepared or Path(cfg["data"]["prepared"]) / target,
+                       out or nnunet_root(cfg, target), overwrite=overwrite)
+    _ok(f"planned nnU-Net for {target} -> {dest}", cost=True)
+
+
 PREDICT_EPILOG = """\b
 Examples (as with nnUNetv2_predict: a folder in, a folder out):
   # every scan of a folder, with the ensemble of a run's folds

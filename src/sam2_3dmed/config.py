@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -128,8 +129,8 @@ def variant_config(cfg: dict, variant: str) -> dict:
     out = deep_merge(cfg, cfg["variants"][variant])
     validate(out, f"variants.{variant}")
     m = out["model"]
-    if m["arch"] == "unet3d" and m["pretrained"]:
-        raise ConfigError("model.pretrained: the unet3d architecture has no pretrained weights; set it to false",
+    if m["arch"] in ("unet3d", "nnunet") and m["pretrained"]:
+        raise ConfigError(f"model.pretrained: the {m['arch']} architecture has no pretrained weights; set it to false",
                           f"variants.{variant}")
     if m["arch"] == "unet3d":
         n, strides = len(m["unet_channels"]), m["unet_strides"]
@@ -225,10 +226,21 @@ def workflow_config(merged: dict, configfiles, overrides) -> tuple[dict, str]:
         cfg = validate(deep_merge(defaults(), user), source)
     for variant in cfg["run"]["variants"]:  # each variant's own checks (weights, U-Net geometry) too
         try:
-            variant_config(cfg, variant)
+            if variant_config(cfg, variant)["model"]["arch"] == "nnunet":
+                require_nnunet(f"variant {variant!r}")
         except ConfigError as exc:
             raise ConfigError(str(exc), source) from None
     return cfg, source
+
+
+NNUNET_MISSING = ("{what} needs nnunetv2, an optional extra: pip install -e '.[nnunet]' "
+                  "(make setup installs it)")
+
+
+def require_nnunet(what: str = "the nnunet variant") -> None:
+    """A one-line error, before anything runs, when nnU-Net v2 is not installed."""
+    if importlib.util.find_spec("nnunetv2") is None:
+        raise ConfigError(NNUNET_MISSING.format(what=what), "run.variants")
 
 
 def write_effective_config(cfg: dict, folder: str | Path) -> Path:
