@@ -3,6 +3,8 @@
 #   CORES=N                   cores Snakemake may use for the demo (default 2)
 #   SNAKEMAKE_PROFILE=slurm   run the demo's jobs on SLURM (./slurm); unset or empty: locally
 #   SNAKEMAKE_ARGS="..."      extra snakemake arguments for the demo, e.g. --dry-run
+#   VARIANTS=a,b              the demo's variants instead of config/demo.yaml's (full), e.g.
+#                             VARIANTS=full,nnunet adds the nnU-Net v2 reference arm (small budget)
 #   PYTEST_ARGS="..."         extra pytest arguments for test and test-fast
 #   BENCH_ARGS="..."          arguments of benchmarks/run_all.py, e.g. --skip quality
 VENV ?= .venv
@@ -11,6 +13,7 @@ export DVC_NO_ANALYTICS := 1
 CORES ?= 2
 SNAKEMAKE_PROFILE ?=
 SNAKEMAKE_ARGS ?=
+VARIANTS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 # pytest exits 5 when it selects no test: that is not a failure of the suite
@@ -26,7 +29,8 @@ setup:
 # (the profile is passed on the command line only: Snakemake reads an exported
 # SNAKEMAKE_PROFILE itself, and an empty one stops it)
 demo: setup
-	SNAKEMAKE_PROFILE='$(SNAKEMAKE_PROFILE)' bash scripts/workflow.sh config/demo.yaml $(CORES) $(SNAKEMAKE_ARGS)
+	SNAKEMAKE_PROFILE='$(SNAKEMAKE_PROFILE)' bash scripts/workflow.sh config/demo.yaml $(CORES) \
+		$(if $(VARIANTS),--config 'run={variants: [$(VARIANTS)]}') $(SNAKEMAKE_ARGS)
 
 ## every test, slow ones included
 test: setup

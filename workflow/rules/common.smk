@@ -55,8 +55,47 @@ def run_options(wc):
     return " ".join(f"--run {shlex.quote(run)}" for run in fold_runs(wc))
 
 
-def model_options(wc):
-    """`--model CKPT` for every fold after the first (whose checkpoint is predict's MODEL),
-    each quoted for the shell. A param of the wildcards only, so a changed run.folds or
-    evaluate.checkpoint re-runs the job."""
-    return " ".join(f"--model {shlex.quote(ckpt)}" for ckpt in fold_checkpoints(wc)[1:])
+# nnunet.* keys that planning depends on (the others are training's and prediction's)
+NNUNET_PLAN_KEYS = ("configuration", "planner", "plans", "planning_processes")
+
+
+def is_nnunet(variant):
+    """Whether a variant is the nnU-Net reference arm (model.arch: nnunet)."""
+    return variant_config(CFG, variant)["model"]["arch"] == "nnunet"
+
+
+def _nnunet_plan(wc):
+    """The target's nnU-Net plan (rule nnunet_plan) for an nnU-Net variant; nothing otherwise."""
+    return [f"{NNUNET_BASE}/{wc.target}"] if is_nnunet(wc.variant) else []
+
+
+def train_settings(wc):
+    """The train job's settings param; an nnU-Net variant's includes nnunet.* (the others'
+    string is unchanged, so their finished runs are not re-run)."""
+    v = variant_config(CFG, wc.variant)
+    parts = dict(target=target_config(CFG, wc.target), model=v["model"], train=v["train"])
+    if is_nnunet(wc.variant):
+        parts["nnunet"] = CFG["nnunet"]
+    return settings(**parts)
+
+
+def eval_settings(wc, evaluate=None):
+    """The evaluate jobs' settings param (nnunet.* added for an nnU-Net variant only)."""
+    parts = dict(target=target_config(CFG, wc.target), infer=CFG["infer"],
+                 evaluate=CFG["evaluate"] if evaluate is None else evaluate)
+    if is_nnunet(wc.variant):
+        parts["nnunet"] = CFG["nnunet"]
+    return settings(**parts)
+
+
+def predict_model(wc):
+    """predict_test_images' MODEL: the first fold's checkpoint (an nnU-Net variant: its run folder)."""
+    return fold_runs(wc)[0] if is_nnunet(wc.variant) else fold_checkpoints(wc)[0]
+
+
+def predict_more_models(wc):
+    """`--model` for every fold after the first (its checkpoint, or an nnU-Net variant's run
+    folder), each quoted for the shell. A param of the wildcards only, so a changed
+    run.folds or evaluate.checkpoint re-runs the job."""
+    more = fold_runs(wc)[1:] if is_nnunet(wc.variant) else fold_checkpoints(wc)[1:]
+    return " ".join(f"--model {shlex.quote(m)}" for m in more)

@@ -24,8 +24,7 @@ rule evaluate:
         config=merged_config,
         device=device,
         run=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
-        settings=lambda wc: settings(target=target_config(CFG, wc.target), infer=CFG["infer"],
-                                     evaluate=CFG["evaluate"]),
+        settings=eval_settings,
     # requests here, not in a profile (see the train rule)
     resources:
         gpu=1,
@@ -73,8 +72,7 @@ rule evaluate_ensemble:
         fold=FOLDS[0],  # --fold names the splits.json entry; the test split is the same in every fold
         runs=run_options,  # --run DIR per fold, already quoted
         # evaluate.split is not read (the split is always test): editing it re-runs the folds' jobs only
-        settings=lambda wc: settings(target=target_config(CFG, wc.target), infer=CFG["infer"],
-                                     evaluate={k: v for k, v in CFG["evaluate"].items() if k != "split"}),
+        settings=lambda wc: eval_settings(wc, {k: v for k, v in CFG["evaluate"].items() if k != "split"}),
     # requests here, not in a profile (see the train rule); memory as evaluate (the members'
     # weights are small beside the feature cache); wall time: every case is encoded and
     # propagated once per member, so K folds cost about K single-model evaluations

@@ -24,8 +24,8 @@ rule predict_test_images:
     params:
         device=device,
         images=lambda wc, input: f"{input.task_dir}/imagesTs",
-        model=lambda wc: fold_checkpoints(wc)[0],
-        more_models=model_options,  # --model CKPT per further fold, already quoted
+        model=predict_model,
+        more_models=predict_more_models,  # --model CKPT (nnU-Net: run folder) per further fold, already quoted
     # requests here, not in a profile (see the train rule); memory as evaluate; wall time: a
     # whole scan per image and member (Pancreas has 139 test images)
     resources:

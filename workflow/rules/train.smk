@@ -32,6 +32,7 @@ rule train:
     input:
         prepared=f"{PREPARED}/{{target}}",
         weights=_weights,
+        nnunet=_nnunet_plan,  # an nnU-Net variant: its target's plan (rule nnunet_plan)
     output:
         summary=f"{RUNS}/{{target}}/{{variant}}/fold{{fold}}/train_summary.json",
     conda:
@@ -44,9 +45,7 @@ rule train:
         config=merged_config,
         device=device,
         out=lambda wc: f"{RUNS}/{wc.target}/{wc.variant}/fold{wc.fold}",
-        settings=lambda wc: settings(target=target_config(CFG, wc.target),
-                                     model=variant_config(CFG, wc.variant)["model"],
-                                     train=variant_config(CFG, wc.variant)["train"]),
+        settings=train_settings,
     # Requests live here, not in a profile's set-resources: `--set-resources train:runtime=2880`
     # then changes the wall time only (a profile's set-resources block is replaced whole by
     # the command line's, which dropped the GPU). gpu=1 -> sbatch --gpus=1; locally it
@@ -56,8 +55,9 @@ rule train:
         cpus_per_task=8,
         runtime=1440,
         # measured peak at 512 px, Hiera-small, clips of 12: 10.0 GB on CPUs (activations in
-        # host memory; on a GPU node the host needs less), plus the loader workers' share
-        mem_mb=16000,
+        # host memory; on a GPU node the host needs less), plus the loader workers' share.
+        # nnU-Net: its data augmentation workers (nnUNet_n_proc_DA) hold batches in host memory
+        mem_mb=lambda wc: 32000 if is_nnunet(wc.variant) else 16000,
     # torch's CPU threads (Snakemake exports OMP_NUM_THREADS = threads; capped by --cores
     # locally and by --max-threads, SNAKEMAKE_MAX_THREADS in scripts/workflow.sh)
     threads: 8
