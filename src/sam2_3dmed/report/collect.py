@@ -33,7 +33,7 @@ METRICS_REQUIRED = ("case_id", "mode", *METRICS)
 METRICS_NUMERIC = (*METRICS, "n_prompts", "pred_voxels", "gt_voxels", "gt_volume_ml", "seconds", "slices",
                    "slices_per_s",
                    "peak_mem_mb", "feature_cache_mb")
-VARIANT_ORDER = ("full", "no_srpp", "no_bd", "sam2_ft", "no_pretrain", "unet3d")
+VARIANT_ORDER = ("full", "no_srpp", "no_bd", "sam2_ft", "no_pretrain", "unet3d", "nnunet")
 
 _VARIANT_RE = re.compile(r"[a-z][a-z0-9_]*")
 _FOLD_RE = re.compile(r"fold([0-9]+)")

@@ -188,6 +188,7 @@ def target_context(cfg: dict, res: TargetResults, prov: dict) -> dict:
         "modes": res.modes,
         "variants": res.variants,
         "headline": head,
+        "variant_notes": tables.variant_notes(res),
         "reference_rows": ref_rows,
         "reference": ref_meta,
         "ablation": tables.ablation(res, head),
@@ -228,7 +229,7 @@ def _index_row(ctx: dict) -> dict:
     return {"target": ctx["target"], "title": ctx["title"], "href": f"{ctx['target']}.html", "ensemble": ensemble,
             "synthetic": ctx["synthetic"], "random_init": ctx["random_init"], "modes": modes,
             "variants": ctx["variants"], "devices": ctx["devices"], "n_runs": len(ctx["runs"]),
-            "pretrained": ctx["pretrained"], "tolerance": ctx["tolerance"]}
+            "pretrained": ctx["pretrained"], "tolerance": ctx["tolerance"], "variant_notes": ctx["variant_notes"]}
 
 
 def _write(path: Path, text: str) -> None:
@@ -281,6 +282,7 @@ def build_report(cfg: dict, config_path: Path | None = None, out: Path | None = 
     others = sorted(p.name for p in out.glob("*.html") if p.name not in done and p.name != "index.html")
     any_synth = any(r["synthetic"] for r in index_rows)
     random_init = sorted({v for r in index_rows for v in r["random_init"]})
+    notes = {v: n for r in index_rows for v, n in r["variant_notes"].items() if n["reduced"]}
     weights: dict[str, set] = {}
     for r in index_rows:
         for v, p in r["pretrained"].items():
@@ -290,7 +292,7 @@ def build_report(cfg: dict, config_path: Path | None = None, out: Path | None = 
     devices = sorted({d for r in index_rows for d in r["devices"]})
     index = out / "index.html"
     _write(index, env.get_template("index.html.j2").render(
-        rows=index_rows, others=others, prov=prov, synthetic=any_synth, random_init=random_init,
+        rows=index_rows, others=others, prov=prov, synthetic=any_synth, random_init=random_init, variant_notes=notes,
         devices=devices, weights=weights_text, metrics=list(METRICS), metric_labels={m: tables.metric_label(m) for m in METRICS},
         title=("SAM2-3dMed reports \u2014 SYNTHETIC phantoms, not MSD data" if any_synth
                else "SAM2-3dMed reports \u2014 MSD"),

@@ -76,6 +76,33 @@ def reference_rows(target: str) -> tuple[list[dict], dict]:
 
 
 # ---------------------------------------------------------------- headline
+def variant_notes(res: TargetResults) -> dict[str, dict]:
+    """{variant: {"text", "reduced"}} for the reference arms whose runs say what they are:
+    nnU-Net runs (train_summary.json ``arch: nnunet``) with their trainer, configuration
+    and budget, flagged ``reduced`` when any fold trained on less than the trainer's own
+    epochs x iterations (a demo or test budget: its numbers are no measure of nnU-Net)."""
+    out = {}
+    for variant in res.variants:
+        ts = [r.train_summary for r in res.runs_of(variant) if r.train_summary]
+        nn = [t for t in ts if t.get("arch") == "nnunet"]
+        if not nn:
+            continue
+        info = nn[0].get("nnunet") or {}
+        reduced = [t for t in nn if t.get("budget_reduced")]
+        what = (f"nnU-Net v{info.get('nnunetv2', '?')} {info.get('configuration', '?')}, {info.get('trainer', '?')}, "
+                f"nnU-Net's own plans (patch {'x'.join(map(str, info.get('patch_size') or [])) or '?'}, "
+                f"batch {info.get('batch_size', '?')})")
+        if reduced:
+            b, own = info.get("budget") or {}, info.get("trainer_defaults") or {}
+            text = (f"{what}. SMALL BUDGET: {b.get('epochs', '?')} epochs x {b.get('iterations_per_epoch', '?')} "
+                    f"iterations instead of the trainer's {own.get('epochs', '?')} x "
+                    f"{own.get('iterations_per_epoch', '?')}; not a measure of nnU-Net's accuracy")
+        else:
+            text = f"{what}, the trainer's default budget"
+        out[variant] = {"text": text, "reduced": bool(reduced)}
+    return out
+
+
 def headline(res: TargetResults) -> list[dict]:
     """Per variant and mode: n folds, n cases, and mean/std/median of each metric; best marked."""
     df = res.metrics
