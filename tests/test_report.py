@@ -367,3 +367,35 @@ def test_lazy_canonical_volume_matches_nibabel(tmp_path, axcodes):
         assert np.array_equal(vol[idx], ref[idx]), idx
     sub = vol.crop((slice(1, 6), slice(2, 7), slice(0, 4)))
     assert np.array_equal(sub[:, 1, :], ref[1:6, 2:7, 0:4][:, 1, :])
+
+
+@pytest.mark.parametrize("reduced", [True, False], ids=["small budget", "default budget"])
+def test_an_nnunet_variant_says_what_it_is_and_a_small_budget_is_flagged(tmp_path, reduced):
+    """nnU-Net runs (train_summary arch nnunet) get their trainer, configuration, nnU-Net's
+    patch and batch in the headline row; a reduced budget is SMALL BUDGET there, in a
+    banner on both pages, and the heads section says nnU-Net has no such heads."""
+    cfg_path = build_tree(tmp_path)
+    budget = {"epochs": 2, "iterations_per_epoch": 3, "val_iterations_per_epoch": 1} if reduced else \
+        {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
+    for fold in FOLDS:
+        ts = tmp_path / "results/demo/runs/spleen/no_bd" / f"fold{fold}" / "train_summary.json"
+        data = json.loads(ts.read_text())
+        data.update(arch="nnunet", budget_reduced=reduced, nnunet={
+            "nnunetv2": "2.8.1", "trainer": "nnUNetTrainer", "configuration": "3d_fullres",
+            "patch_size": [80, 160, 160], "batch_size": 2, "budget": budget,
+            "trainer_defaults": {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}})
+        ts.write_text(json.dumps(data))
+    out = tmp_path / "reports"
+    build_report(load_config(cfg_path), cfg_path, out, runs_dir=tmp_path / "results/demo/runs", cwd=tmp_path)
+    page, index = (out / "spleen.html").read_text(), (out / "index.html").read_text()
+    row = page[page.index('<tr data-variant="no_bd" data-mode="auto">'):]
+    row = row[:row.index("</tr>")]
+    assert "nnU-Net v2.8.1 3d_fullres, nnUNetTrainer, nnU-Net&#39;s own plans (patch 80x160x160, batch 2)" in row
+    assert "nnU-Net, which has no SRPP or BD heads" in page
+    full_row = page[page.index('<tr data-variant="full" data-mode="auto">'):]
+    assert "variant-note" not in full_row[:full_row.index("</tr>")]
+    if reduced:
+        assert "SMALL BUDGET: 2 epochs x 3 iterations instead of the trainer&#39;s 1000 x 250" in row
+        assert 'budget-banner" data-variant="no_bd"' in page and 'budget-banner" data-variant="no_bd"' in index
+    else:
+        assert "the trainer&#39;s default budget" in row and "SMALL BUDGET" not in page + index

@@ -161,14 +161,17 @@ def heads_figure(runs: list[Run], threshold: float) -> str | None:
 
 def context(res: TargetResults, gate_open_ratio: float) -> dict:
     threshold = float(gate_open_ratio)
-    with_log = [r for r in res.runs if r.train_log is not None]
+    reference = [r for r in res.runs if (r.train_summary or {}).get("arch") == "nnunet"]
+    with_log = [r for r in res.runs if r.train_log is not None and r not in reference]
     current = [r for r in with_log if any(c in r.train_log.columns for c in HEAD_COLUMNS)]
     older = [r for r in with_log if r not in current]
     notes = []
+    if reference:
+        notes.append(", ".join(r.name for r in reference) + ": nnU-Net, which has no SRPP or BD heads")
     if older:
         notes.append("no head statistics (" + ", ".join(HEAD_COLUMNS) + ") in the train_log.csv of "
                      + ", ".join(r.name for r in older) + ": logs written before they were recorded")
-    missing = [r.name for r in res.runs if r.train_log is None]
+    missing = [r.name for r in res.runs if r.train_log is None and r not in reference]
     if missing:
         notes.append("no train_log.csv for " + ", ".join(missing))
     if not current:
