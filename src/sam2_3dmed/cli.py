@@ -131,7 +131,7 @@ def prepare_cmd(
 def train_cmd(
     config: Path = typer.Option(..., "--config", help="YAML config merged over the built-in defaults."),
     target: str = typer.Option(..., "--target", help="Target name from the config."),
-    variant: str = typer.Option("full", "--variant", help="Variant from the config's `variants` (full, no_srpp, no_bd, sam2_ft, no_pretrain, ...)."),
+    variant: str = typer.Option("full", "--variant", help="Variant from the config's `variants` (full, no_srpp, no_bd, sam2_ft, no_pretrain, unet3d, nnunet, ...); nnunet runs nnU-Net v2's trainer (after nnunet-plan)."),
     fold: int = typer.Option(0, "--fold", min=0, help="Cross-validation fold (splits.json of the prepared target)."),
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, logs; an existing last.pt is resumed."),
     prepared: Optional[Path] = typer.Option(None, "--prepared", help="Prepared target folder (default: data.prepared/TARGET)."),

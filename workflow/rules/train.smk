@@ -53,7 +53,8 @@ rule train:
     resources:
         gpu=1,
         cpus_per_task=8,
-        runtime=1440,
+        # nnU-Net: "all network trainings take less than 2 days" on an RTX 2080 Ti (its docs)
+        runtime=lambda wc: 2880 if is_nnunet(wc.variant) else 1440,
         # measured peak at 512 px, Hiera-small, clips of 12: 10.0 GB on CPUs (activations in
         # host memory; on a GPU node the host needs less), plus the loader workers' share.
         # nnU-Net: its data augmentation workers (nnUNet_n_proc_DA) hold batches in host memory
