@@ -214,3 +214,25 @@ def test_dvc_tracks_the_nnunet_folders_of_both_stages():
         assert f"bash scripts/workflow.sh {config}" in stages[stage]["cmd"]
         base = nnunet_base(load_config(REPO / config))
         assert any(base == o or o in base.parents for o in outs), (stage, base, outs)
+
+
+def test_evaluate_refuses_to_mix_nnunet_runs_and_other_variants(pancreas, tmp_path):
+    """One line, before anything is loaded: an nnU-Net variant's --run must be an nnU-Net run
+    (fold folder with model.pt), and an nnU-Net run must be evaluated as an nnU-Net variant."""
+    from _cli import run_cli
+
+    _, _, _, prep = pancreas
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(CFG))
+    sam_run, nn_run = tmp_path / "sam", tmp_path / "nn"
+    sam_run.mkdir()
+    nn_run.mkdir()
+    (nn_run / "model.pt").write_bytes(b"")
+    common = ["evaluate", "--config", cfg, "--target", "pancreas", "--fold", "0", "--prepared", prep.path]
+    line = one_line_error(run_cli(*common, "--variant", "nnunet", "--run", sam_run, "--out", tmp_path / "o1"))
+    assert "is not an nnU-Net run (no model.pt)" in line and str(sam_run) in line
+    line = one_line_error(run_cli(*common, "--variant", "unet3d", "--run", nn_run, "--out", tmp_path / "o2"))
+    assert "is an nnU-Net run, but variant 'unet3d' is not an nnU-Net variant" in line
+    line = one_line_error(run_cli(*common, "--variant", "nnunet", "--run", nn_run, "--out", tmp_path / "o3"))
+    assert "checkpoint file is empty" in line  # model.pt is read with the same safe loader as checkpoints
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))

@@ -216,7 +216,17 @@ def predict_cmd(
     opts = PredictOptions(prompts=prompts, device=device, base_weights=base_weights,
                           largest_component=largest_component, passes=passes, series_id=series_id,
                           overwrite=overwrite, save_probabilities=save_probabilities)
-    info = predict([model, *(models or [])], input, output, opts)
+    paths = [model, *(models or [])]
+    from .nnunet import is_nnunet_path
+
+    if any(is_nnunet_path(p) for p in paths):  # runs of the nnU-Net reference arm
+        from .nnunet.inference import predict_nnunet
+
+        if not input.exists():
+            raise UserError("does not exist: give a scan or a folder of scans", input)
+        info = predict_nnunet(paths, input, output, opts)
+    else:
+        info = predict(paths, input, output, opts)
     if "cases" in info:
         _ok(f"predicted {info['written']} case(s), {info['skipped']} already there -> {output}", cost=True)
     else:
@@ -258,10 +268,27 @@ def evaluate_cmd(
             counts = ()
         if not counts or min(counts) < 1:
             raise UserError(f"--prompt-counts must be comma-separated whole numbers >= 1, got {prompt_counts!r}")
-    dest = evaluate_run(cfg, EvalJob(target, variant, fold, tuple(run), out, prepared=prepared, split=split,
-                                     modes=tuple(mode_list) if mode_list else None, checkpoint=checkpoint,
-                                     device=device, base_weights=base_weights, max_cases=max_cases,
-                                     overwrite=overwrite, prompt_counts=counts, studies=studies))
+    job = EvalJob(target, variant, fold, tuple(run), out, prepared=prepared, split=split,
+                  modes=tuple(mode_list) if mode_list else None, checkpoint=checkpoint, device=device,
+                  base_weights=base_weights, max_cases=max_cases, overwrite=overwrite, prompt_counts=counts,
+                  studies=studies)
+    from .config import variant_config
+    from .nnunet import is_nnunet_path
+
+    nnunet = [is_nnunet_path(r) for r in run]
+    arch_nnunet = variant_config(cfg, variant)["model"]["arch"] == "nnunet"
+    if any(nnunet) or arch_nnunet:  # the nnU-Net reference arm
+        if not all(nnunet):
+            raise UserError(f"is not an nnU-Net run (no model.pt), but variant {variant!r} or another --run is: "
+                            "an ensemble has one kind of model", run[nnunet.index(False)])
+        if not arch_nnunet:
+            raise UserError(f"is an nnU-Net run, but variant {variant!r} is not an nnU-Net variant "
+                            "(model.arch: nnunet); pass --variant nnunet", run[0])
+        from .nnunet.inference import evaluate_nnunet
+
+        dest = evaluate_nnunet(cfg, job)
+    else:
+        dest = evaluate_run(cfg, job)
     what = f"fold {fold}" if len(run) == 1 else f"ensemble of {len(run)} runs"
     _ok(f"evaluated {target}/{variant}/{what} -> {dest}", cost=True)
 

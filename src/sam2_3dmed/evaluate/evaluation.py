@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir
-from ..config import PERTURBATIONS, mode_info, robustness_mode, target_config, variant_config
+from ..config import PERTURBATIONS, mode_info, robustness_mode, target_config
 from ..console import log
 from ..data.prepared import PreparedTarget
 from ..data.readers import write_nifti_like
@@ -278,17 +278,6 @@ def mode_kind(mode: str, prompt_kind: str) -> str | None:
 def evaluate_run(cfg: dict, job: EvalJob) -> Path:
     """Score a trained run (or an ensemble of runs) on its fold's validation (or the
     held-out test) cases."""
-    from ..nnunet.inference import is_nnunet_path
-
-    nnunet = [is_nnunet_path(r) for r in job.run_dirs]
-    if any(nnunet) or variant_config(cfg, job.variant)["model"]["arch"] == "nnunet":
-        if not all(nnunet):
-            bad = job.run_dirs[nnunet.index(False)]
-            raise UserError(f"is not an nnU-Net run (no model.pt), but variant {job.variant!r} or another --run "
-                            "is: an ensemble has one kind of model", bad)
-        from ..nnunet.inference import evaluate_nnunet
-
-        return evaluate_nnunet(cfg, job)
     ecfg = cfg["evaluate"]
     split = job.split or ecfg["split"]
     counts = tuple(job.prompt_counts or ecfg["prompt_counts"])

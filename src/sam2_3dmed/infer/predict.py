@@ -185,12 +185,6 @@ def predict(models: list[Path], input_path: Path, output: Path, opts: PredictOpt
     input_path, output = Path(input_path), Path(output)
     if not input_path.exists():
         raise UserError("does not exist: give a scan or a folder of scans", input_path)
-    from ..nnunet.inference import is_nnunet_path
-
-    if any(is_nnunet_path(m) for m in models):  # the nnU-Net reference arm's runs
-        from ..nnunet.inference import predict_nnunet
-
-        return predict_nnunet(models, input_path, output, opts)
     if is_case_folder(input_path):
         return predict_folder(models, input_path, output, opts)
     _check_mask_path(output)

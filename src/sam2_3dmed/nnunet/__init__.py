@@ -71,6 +71,14 @@ def dataset_id(name: str) -> int:
     return int(name[len("Dataset"):len("Dataset") + 3])
 
 
+def is_nnunet_path(path) -> bool:
+    """A model.pt of ours, a fold folder holding one, or a run folder of fold*/model.pt."""
+    p = Path(path)
+    if p.is_file():
+        return p.name == MODEL_FILE
+    return p.is_dir() and ((p / MODEL_FILE).is_file() or any(p.glob(f"fold*/{MODEL_FILE}")))
+
+
 def is_nnunet(cfg_or_model: dict) -> bool:
     """Whether a (variant's) config trains nnU-Net."""
     return cfg_or_model["model"]["arch"] == "nnunet"

@@ -37,14 +37,6 @@ from . import MODEL_FILE, import_nnunet, nnunet_version
 FORMAT = "sam2-3dmed nnunet model 1"
 
 
-def is_nnunet_path(path: Path) -> bool:
-    """A model.pt of ours, a fold folder holding one, or a run folder of fold*/model.pt."""
-    p = Path(path)
-    if p.is_file():
-        return p.name == MODEL_FILE
-    return p.is_dir() and ((p / MODEL_FILE).is_file() or any(p.glob(f"fold*/{MODEL_FILE}")))
-
-
 def load_models(paths, device: str | None = None) -> list[dict]:
     """Every nnU-Net model.pt behind ``paths`` (files, fold folders, run folders of
     fold*/), checked to be ours and to agree on target, plans and configuration."""
