@@ -1,6 +1,6 @@
 """The package's stage graph runs one way.
 
-    data  <-  model  <-  infer  <-  {train, evaluate}  <-  cli
+    data  <-  model  <-  infer  <-  {train, evaluate}  <-  nnunet  <-  cli
     report reads artifacts only: of the stages, only the prepared-folder reader (data.prepared)
 
 Every stage may also import the neutral modules at the top of the package (errors,
@@ -27,8 +27,10 @@ ALLOWED = {  # stage -> the stages it may import (besides itself and the neutral
     "infer": {"data", "model"},
     "train": {"data", "model", "infer"},
     "evaluate": {"data", "model", "infer"},
+    # the nnU-Net reference arm: nnU-Net's own pipeline between our data and our metrics
+    "nnunet": {"data", "model", "infer", "evaluate"},
     "report": {"data"},
-    "cli": {"data", "model", "infer", "train", "evaluate", "report"},
+    "cli": {"data", "model", "infer", "train", "evaluate", "nnunet", "report"},
 }
 # the only modules of an allowed stage that these stages may import (default: any)
 ONLY = {"report": {"sam2_3dmed.data.prepared"}}

@@ -140,13 +140,20 @@ def train_cmd(
     stop_after_step: Optional[int] = typer.Option(None, "--stop-after-step", hidden=True,
                                                   help="Testing aid: exit abruptly after this step (simulated kill)."),
 ) -> None:
-    """Train SAM2-3dMed for one target, variant and fold; resumes from OUT/last.pt."""
-    from .config import load_config
+    """Train SAM2-3dMed (or a reference arm) for one target, variant and fold; resumes from OUT/last.pt."""
+    from .config import load_config, variant_config
     from .train.trainer import train
 
     cfg = load_config(config)
-    dest = train(cfg, target, variant, fold, out, prepared=prepared, device=device, stop_after_step=stop_after_step,
-                 on_change="restart" if restart_if_changed else "error")
+    on_change = "restart" if restart_if_changed else "error"
+    if variant_config(cfg, variant)["model"]["arch"] == "nnunet":  # the nnU-Net reference arm: nnU-Net's trainer
+        from .nnunet.training import train_nnunet
+
+        dest = train_nnunet(cfg, target, variant, fold, out, prepared, device, on_change,
+                            stop_after_epoch=stop_after_step)
+    else:
+        dest = train(cfg, target, variant, fold, out, prepared=prepared, device=device,
+                     stop_after_step=stop_after_step, on_change=on_change)
     _ok(f"trained {target}/{variant}/fold {fold} -> {dest}", cost=True)
 
 

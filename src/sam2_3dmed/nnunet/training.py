@@ -255,7 +255,7 @@ def _stop_after(trainer, epoch: int) -> None:
         if trainer.current_epoch >= epoch:
             trainer.current_epoch -= 1
             trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))
-            log.warning("stopping after epoch %d as asked (simulated interruption)", trainer.current_epoch)
+            log.warning("stopping after %d epoch(s) as asked (simulated interruption)", trainer.current_epoch + 1)
             os._exit(EXIT_STOPPED)
 
     trainer.on_epoch_end = on_epoch_end

@@ -409,11 +409,6 @@ def train(cfg: dict, target: str, variant: str, fold: int, out: str | Path, prep
           device: str | None = None, stop_after_step: int | None = None, on_change: str = "error") -> Path:
     """Train (or resume) one run; see :class:`Trainer`. The process's deterministic-algorithms
     setting (``train.deterministic``) is restored afterwards."""
-    if variant_config(cfg, variant)["model"]["arch"] == "nnunet":  # the nnU-Net reference arm: nnU-Net's trainer
-        from ..nnunet.training import train_nnunet
-
-        return train_nnunet(cfg, target, variant, fold, out, prepared, device, on_change,
-                            stop_after_epoch=stop_after_step)
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
         return Trainer(cfg, target, variant, fold, out, prepared, device, on_change).run(stop_after_step)
