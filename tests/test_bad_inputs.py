@@ -1988,9 +1988,62 @@ def _(fx, tmp):
     return Spec(argv, out=out, code=0, accepted=ok)
 
 
+# ----------------------------------------------------------------------------- nnunet-plan
+def _nnplan(fx, tmp, *extra, prepared=None, config=None, target="spleen"):
+    out = tmp / "nnunet" / "spleen"
+    return ["nnunet-plan", "--config", config or fx.cfg, "--target", target, "--prepared", prepared or fx.prepared,
+            "--out", out, *extra], out
+
+
+@case("nnunet-plan", "prepared-folder-missing")
+def _(fx, tmp):
+    argv, out = _nnplan(fx, tmp, prepared=tmp / "nowhere")
+    return Spec(argv, names=(tmp / "nowhere",), problem="run `sam2-3dmed prepare` first", out=out)
+
+
+@case("nnunet-plan", "prepared-for-another-target")
+def _(fx, tmp):
+    prep = _prepared_copy(fx, tmp)
+    plan = json.loads((prep / "plan.json").read_text())
+    (prep / "plan.json").write_text(json.dumps({**plan, "target": "lung_tumour"}))
+    argv, out = _nnplan(fx, tmp, prepared=prep)
+    return Spec(argv, names=(prep / "plan.json", "lung_tumour"), problem="prepared for target", out=out)
+
+
+@case("nnunet-plan", "target-unknown")
+def _(fx, tmp):
+    argv, out = _nnplan(fx, tmp, target="liver")
+    return Spec(argv, names=("liver",), problem="unknown target", out=out)
+
+
+@case("nnunet-plan", "config-epochs-zero")
+def _(fx, tmp):
+    cfg = merged_config(tmp, {"nnunet": {"epochs": 0}})
+    argv, out = _nnplan(fx, tmp, config=cfg)
+    return Spec(argv, names=(cfg, "nnunet.epochs"), out=out)
+
+
+@case("nnunet-plan", "fold-holds-a-test-case")
+def _(fx, tmp):
+    prep = _prepared_copy(fx, tmp)
+    splits = json.loads((prep / "splits.json").read_text())
+    leaked = splits["folds"][0]["val"][0]
+    splits["test"] = [leaked]
+    (prep / "splits.json").write_text(json.dumps(splits))
+    argv, out = _nnplan(fx, tmp, prepared=prep)
+    return Spec(argv, names=(prep / "splits.json", leaked), problem="held-out test case", out=out)
+
+
+@case("nnunet-plan", "output-exists-without-overwrite")
+def _(fx, tmp):
+    argv, out = _nnplan(fx, tmp)
+    garbage(out / "raw" / "mine.txt", b"the user's file")
+    return Spec(argv, names=(out,), problem="already exists", out=out, keep=True)
+
+
 # ----------------------------------------------------------------------------- the tests
 COMMANDS = ("validate-config", "synth", "fetch-msd", "fetch-weights", "prepare", "train", "predict", "evaluate",
-            "metrics", "report")
+            "metrics", "report", "nnunet-plan")
 
 
 def command_of(cid: str) -> str:

@@ -120,6 +120,7 @@ def plan_target(cfg: dict, target: str, prepared: Path, out: Path, overwrite: bo
     splits_final.json) and OUT/nnunet_plan.json for one target."""
     import_nnunet("sam2-3dmed nnunet-plan")
     ncfg = cfg["nnunet"]
+    target_config(cfg, target)  # an unknown target first, before any file is read
     prep = PreparedTarget(prepared).check_target(target)
     name = dataset_name(cfg, target)
     out = Path(out)

@@ -37,7 +37,7 @@ from . import MODEL_FILE, import_nnunet, nnunet_version
 FORMAT = "sam2-3dmed nnunet model 1"
 
 
-def load_models(paths, device: str | None = None) -> list[dict]:
+def load_models(paths) -> list[dict]:
     """Every nnU-Net model.pt behind ``paths`` (files, fold folders, run folders of
     fold*/), checked to be ours and to agree on target, plans and configuration."""
     from ..infer.ensemble import resolve_checkpoints
@@ -125,7 +125,7 @@ def evaluate_nnunet(cfg: dict, job) -> Path:
     for r in runs:
         if not (Path(r) / MODEL_FILE).is_file():
             raise UserError(f"holds no {MODEL_FILE}: has this nnU-Net run been trained?", r)
-    models = load_models(runs, job.device)
+    models = load_models(runs)
     for m in models:
         if m["target"] != target:
             raise UserError(f"is an nnU-Net model of {m['target']}, not {target}", m["path"])
@@ -208,7 +208,7 @@ def predict_nnunet(paths: list[Path], input_path: Path, output: Path, opts, cfg:
         raise UserError("an nnU-Net model takes no prompts: leave out the --prompt-* options", paths[0])
     if opts.save_probabilities:
         raise UserError("--save-probabilities is not offered for nnU-Net models", paths[0])
-    models = load_models(paths, opts.device)
+    models = load_models(paths)
     ncfg = cfg["nnunet"] if cfg else models[0]["nnunet_config"]  # the settings it was trained with
     if input_path.is_dir():
         cases = [(n, p) for n, p in find_cases(input_path) if p.is_file()]

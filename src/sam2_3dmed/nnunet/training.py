@@ -231,7 +231,7 @@ def train_nnunet(cfg: dict, target: str, variant: str, fold: int, out: str | Pat
             "spacing": [float(s) for s in cm.spacing],
             "results_folder": str(Path(trainer.output_folder)),
             "splits_used": {"train": sorted(tr_keys), "val": sorted(val_keys)},
-            "augmentation_workers": os.environ.get("nnUNet_n_proc_DA") or ncfg["augmentation_workers"],
+            "augmentation_workers": ncfg["augmentation_workers"],  # null: nnU-Net's own choice
         },
         "code_digest": package_digest(),
     }
