@@ -228,9 +228,11 @@ def test_evaluate_refuses_to_mix_nnunet_runs_and_other_variants(pancreas, tmp_pa
     sam_run.mkdir()
     nn_run.mkdir()
     (nn_run / "model.pt").write_bytes(b"")
+    (nn_run / "nnunet_run.json").write_text("{}")  # what marks an nnU-Net run folder
+    (sam_run / "model.pt").write_bytes(b"")  # a SAM2-3dMed checkpoint may be called model.pt too
     common = ["evaluate", "--config", cfg, "--target", "pancreas", "--fold", "0", "--prepared", prep.path]
     line = one_line_error(run_cli(*common, "--variant", "nnunet", "--run", sam_run, "--out", tmp_path / "o1"))
-    assert "is not an nnU-Net run (no model.pt)" in line and str(sam_run) in line
+    assert "is not an nnU-Net run" in line and str(sam_run) in line
     line = one_line_error(run_cli(*common, "--variant", "unet3d", "--run", nn_run, "--out", tmp_path / "o2"))
     assert "is an nnU-Net run, but variant 'unet3d' is not an nnU-Net variant" in line
     line = one_line_error(run_cli(*common, "--variant", "nnunet", "--run", nn_run, "--out", tmp_path / "o3"))

@@ -212,3 +212,16 @@ def test_make_demo_with_the_slurm_profile(checkout):
 def test_make_test_fast_deselects_slow_tests():
     proc = subprocess.run(["make", "-n", "test-fast"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and '-m "not slow"' in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_make_demo_variants_adds_the_nnunet_arm(checkout):
+    """`make demo VARIANTS=full,nnunet` (README): the demo's DAG plus the nnU-Net arm's planning,
+    training, evaluations and test-image prediction; nothing else changes."""
+    proc = subprocess.run(["make", "demo", "VARIANTS=full,nnunet", "SNAKEMAKE_ARGS=--dry-run"], cwd=checkout,
+                          capture_output=True, text=True, env=_clean_env(), timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    jobs = job_counts(proc.stdout)
+    assert jobs["nnunet_plan"] == 1, jobs
+    for rule in ("train", "evaluate", "evaluate_ensemble", "predict_test_images", "curves"):
+        assert jobs[rule] == 2 * DEMO_JOBS[rule], (rule, jobs)
+    assert "--variant nnunet" in proc.stdout or "variant=nnunet" in proc.stdout

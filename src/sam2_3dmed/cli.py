@@ -286,8 +286,8 @@ def evaluate_cmd(
     arch_nnunet = variant_config(cfg, variant)["model"]["arch"] == "nnunet"
     if any(nnunet) or arch_nnunet:  # the nnU-Net reference arm
         if not all(nnunet):
-            raise UserError(f"is not an nnU-Net run (no model.pt), but variant {variant!r} or another --run is: "
-                            "an ensemble has one kind of model", run[nnunet.index(False)])
+            raise UserError(f"is not an nnU-Net run (no model.pt beside nnunet_run.json), but variant {variant!r} "
+                            "or another --run is: an ensemble has one kind of model", run[nnunet.index(False)])
         if not arch_nnunet:
             raise UserError(f"is an nnU-Net run, but variant {variant!r} is not an nnU-Net variant "
                             "(model.arch: nnunet); pass --variant nnunet", run[0])

@@ -7,9 +7,6 @@
 # NNUNET_BASE/<target>/{raw,preprocessed}; nnUNet_results is each fold's run folder.
 
 NNUNET_BASE = str(nnunet_base(CFG))
-# always there, if empty: dvc.yaml's msd stage declares data/nnunet as an output, and DVC
-# fails a stage whose declared output is missing (a run without the nnunet variant)
-Path(NNUNET_BASE).mkdir(parents=True, exist_ok=True)
 
 
 rule nnunet_plan:

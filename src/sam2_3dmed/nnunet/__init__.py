@@ -71,12 +71,18 @@ def dataset_id(name: str) -> int:
     return int(name[len("Dataset"):len("Dataset") + 3])
 
 
+def _nnunet_run_folder(folder: Path) -> bool:
+    return (folder / MODEL_FILE).is_file() and (folder / RUN_FILE).is_file()
+
+
 def is_nnunet_path(path) -> bool:
-    """A model.pt of ours, a fold folder holding one, or a run folder of fold*/model.pt."""
+    """An nnU-Net run's model.pt, its fold folder, or a run folder of such fold*/ folders.
+    A fold folder is known by its nnunet_run.json beside model.pt (a SAM2-3dMed checkpoint
+    may well be called model.pt too)."""
     p = Path(path)
     if p.is_file():
-        return p.name == MODEL_FILE
-    return p.is_dir() and ((p / MODEL_FILE).is_file() or any(p.glob(f"fold*/{MODEL_FILE}")))
+        return p.name == MODEL_FILE and (p.parent / RUN_FILE).is_file()
+    return p.is_dir() and (_nnunet_run_folder(p) or any(_nnunet_run_folder(d) for d in p.glob("fold*")))
 
 
 def is_nnunet(cfg_or_model: dict) -> bool:
