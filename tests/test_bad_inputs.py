@@ -1034,11 +1034,17 @@ def _bad_prepared_file(fx, tmp, name, content, problem=""):
     return Spec(argv, names=(p,), problem=problem, out=out)
 
 
-@case("train", "prepared-for-another-target")
-def _(fx, tmp):
+def _prepared_for_another_target(fx, tmp) -> Path:
+    """A copy of the prepared spleen whose plan.json says it was prepared for lung_tumour."""
     prep = _prepared_copy(fx, tmp)
     plan = json.loads((prep / "plan.json").read_text())
     (prep / "plan.json").write_text(json.dumps({**plan, "target": "lung_tumour"}))
+    return prep
+
+
+@case("train", "prepared-for-another-target")
+def _(fx, tmp):
+    prep = _prepared_for_another_target(fx, tmp)
     argv, out = _train(fx, tmp, prepared=prep)
     return Spec(argv, names=(prep / "plan.json", "lung_tumour"), problem="prepared for target", out=out)
 
@@ -2003,9 +2009,7 @@ def _(fx, tmp):
 
 @case("nnunet-plan", "prepared-for-another-target")
 def _(fx, tmp):
-    prep = _prepared_copy(fx, tmp)
-    plan = json.loads((prep / "plan.json").read_text())
-    (prep / "plan.json").write_text(json.dumps({**plan, "target": "lung_tumour"}))
+    prep = _prepared_for_another_target(fx, tmp)
     argv, out = _nnplan(fx, tmp, prepared=prep)
     return Spec(argv, names=(prep / "plan.json", "lung_tumour"), problem="prepared for target", out=out)
 

@@ -153,6 +153,30 @@ class EvalJob:
         return (Path(self.run_dir),) if isinstance(self.run_dir, (str, Path)) else tuple(map(Path, self.run_dir))
 
 
+def select_cases(prepared: PreparedTarget, target: str, fold: int, split: str,
+                 max_cases: int | None) -> tuple[list[str], int]:
+    """The cases an evaluation scores (the split's first ``max_cases``, all when None) and the
+    size of the split; the folder checked to be the target's, a split without cases refused."""
+    prepared.check_target(target)
+    cases = prepared.cases(fold, split)
+    n_split = len(cases)
+    if max_cases:
+        cases = cases[:max_cases]
+    if not cases:
+        raise UserError(f"the {split} split of fold {fold} has no cases", prepared.path / "splits.json")
+    return cases, n_split
+
+
+def check_member(model_target: str, model_fold: int | None, path: Path, target: str, fold: int, split: str) -> None:
+    """A model may score the target's cases: trained on that target, and on ``fold`` when it
+    scores the fold's validation cases (another fold's model has trained on them)."""
+    if model_target != target:
+        raise UserError(f"checkpoint is a {model_target} model, not {target}", path)
+    if split == "val" and model_fold is not None and model_fold != fold:
+        raise UserError(f"checkpoint was trained on fold {model_fold}: fold {fold}'s validation cases include its "
+                        f"training cases, so the scores would be inflated", path)
+
+
 def case_metrics(mask: np.ndarray, gt: np.ndarray, spacing, tolerance_mm: float, bands_mm=(),
                  percentiles=()) -> dict:
     """Every metric of one predicted mask against its ground truth (both on the original
@@ -301,14 +325,7 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
     else:
         raise UserError(f"--checkpoint {which}: with several --run give best or last, not a path")
     synthetic = prepared.synthetic  # fingerprint.json read and checked first: the cheap checks before the model
-    prepared.check_target(target)
-    cases = prepared.cases(fold, split)
-    n_split = len(cases)
-    max_cases = job.max_cases or ecfg["max_cases"]
-    if max_cases:
-        cases = cases[:max_cases]
-    if not cases:
-        raise UserError(f"the {split} split of fold {fold} has no cases", prepared.path / "splits.json")
+    cases, n_split = select_cases(prepared, target, fold, split, job.max_cases or ecfg["max_cases"])
     for c in ckpts:
         if not c.is_file():
             raise UserError("does not exist: has this run been trained?", c)
@@ -332,11 +349,7 @@ def evaluate_run(cfg: dict, job: EvalJob) -> Path:
         if not modes:
             raise UserError("a unet3d model takes no prompts, and --modes asks for prompted only", ckpts[0])
     for lm in ens.members:
-        if lm.target != target:
-            raise UserError(f"checkpoint is a {lm.target} model, not {target}", lm.path)
-        if split == "val" and lm.fold is not None and lm.fold != fold:
-            raise UserError(f"checkpoint was trained on fold {lm.fold}: fold {fold}'s validation cases include its "
-                            f"training cases, so the scores would be inflated", lm.path)
+        check_member(lm.target, lm.fold, lm.path, target, fold, split)
     # inference and post-processing settings come from the evaluating config, not the checkpoint's
     settings = InferenceSettings.from_config(cfg, target)
     tol = float(tcfg["nsd_tolerance_mm"])

@@ -85,11 +85,6 @@ def is_nnunet_path(path) -> bool:
     return p.is_dir() and (_nnunet_run_folder(p) or any(_nnunet_run_folder(d) for d in p.glob("fold*")))
 
 
-def is_nnunet(cfg_or_model: dict) -> bool:
-    """Whether a (variant's) config trains nnU-Net."""
-    return cfg_or_model["model"]["arch"] == "nnunet"
-
-
 def import_nnunet(what: str = "the nnunet variant"):
     """``nnunetv2``, or the one-line error naming the optional extra."""
     require_nnunet(what)

@@ -83,21 +83,18 @@ def make_predictor(models: list[dict], device, ncfg: dict):
     return predictor
 
 
-def predict_files(predictor, images: list[Path], out_dir: Path) -> list[tuple[Path, float]]:
-    """Each image -> ``out_dir/<i>.nii.gz`` by nnU-Net (sequentially); (mask, seconds) each."""
-    out = []
-    for i, image in enumerate(images):
-        t0 = time.perf_counter()
-        predictor.predict_from_files_sequential([[str(image)]], [str(out_dir / f"case{i}")], save_probabilities=False,
-                                                overwrite=True)
-        out.append((out_dir / f"case{i}.nii.gz", time.perf_counter() - t0))
-    return out
+def predict_file(predictor, image: Path, out_dir: Path) -> tuple[Path, float]:
+    """One image -> ``out_dir/case.nii.gz`` by nnU-Net, on the image's grid; (mask, seconds)."""
+    t0 = time.perf_counter()
+    predictor.predict_from_files_sequential([[str(image)]], [str(out_dir / "case")], save_probabilities=False,
+                                            overwrite=True)
+    return out_dir / "case.nii.gz", time.perf_counter() - t0
 
 
 def evaluate_nnunet(cfg: dict, job) -> Path:
     """``evaluate`` of nnU-Net run(s): auto mode only (nnU-Net takes no prompts); the same
     outputs as :func:`~sam2_3dmed.evaluate.evaluation.evaluate_run`."""
-    from ..evaluate.evaluation import case_metrics, metrics_row, write_evaluation
+    from ..evaluate.evaluation import case_metrics, check_member, metrics_row, select_cases, write_evaluation
 
     import_nnunet(f"variant {job.variant!r}")
     ecfg = cfg["evaluate"]
@@ -115,23 +112,13 @@ def evaluate_nnunet(cfg: dict, job) -> Path:
         raise UserError(f"--checkpoint {job.checkpoint}: an nnU-Net run has one model (its final weights, "
                         f"{MODEL_FILE}); leave --checkpoint out")
     synthetic = prepared.synthetic
-    prepared.check_target(target)
-    cases = prepared.cases(fold, split)
-    n_split = len(cases)
-    if job.max_cases or ecfg["max_cases"]:
-        cases = cases[:job.max_cases or ecfg["max_cases"]]
-    if not cases:
-        raise UserError(f"the {split} split of fold {fold} has no cases", prepared.path / "splits.json")
+    cases, n_split = select_cases(prepared, target, fold, split, job.max_cases or ecfg["max_cases"])
     for r in runs:
         if not (Path(r) / MODEL_FILE).is_file():
             raise UserError(f"holds no {MODEL_FILE}: has this nnU-Net run been trained?", r)
     models = load_models(runs)
     for m in models:
-        if m["target"] != target:
-            raise UserError(f"is an nnU-Net model of {m['target']}, not {target}", m["path"])
-        if split == "val" and m["fold"] != fold:
-            raise UserError(f"was trained on fold {m['fold']}: fold {fold}'s validation cases include its training "
-                            "cases, so the scores would be inflated", m["path"])
+        check_member(m["target"], m["fold"], m["path"], target, fold, split)
     modes = list(job.modes or ecfg["modes"])
     skipped = {m: "an nnU-Net model takes no prompts" for m in modes if m != "auto"}
     if "auto" not in modes:
@@ -155,7 +142,7 @@ def evaluate_nnunet(cfg: dict, job) -> Path:
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 image = task_dir / prepared.case_record(cid)["image"]
-                [(mask_file, seconds)] = predict_files(predictor, [image], Path(scratch))
+                mask_file, seconds = predict_file(predictor, image, Path(scratch))
                 pred, _ = load_label_mask(mask_file, [1])
                 gt, gt_vol = prepared.original_label(cid, tcfg["labels"])
                 if pred.shape != gt.shape:
@@ -198,7 +185,7 @@ def evaluate_nnunet(cfg: dict, job) -> Path:
     return Path(job.out)
 
 
-def predict_nnunet(paths: list[Path], input_path: Path, output: Path, opts, cfg: dict | None = None) -> dict:
+def predict_nnunet(paths: list[Path], input_path: Path, output: Path, opts) -> dict:
     """``predict`` with nnU-Net run(s): one NIfTI/NRRD/MHA scan -> one mask, or a folder of
     them -> a folder (``<name>.nii.gz``), on each scan's own grid. Auto mode only."""
     from ..infer.predict import _check_mask_path, case_name, find_cases
@@ -209,7 +196,7 @@ def predict_nnunet(paths: list[Path], input_path: Path, output: Path, opts, cfg:
     if opts.save_probabilities:
         raise UserError("--save-probabilities is not offered for nnU-Net models", paths[0])
     models = load_models(paths)
-    ncfg = cfg["nnunet"] if cfg else models[0]["nnunet_config"]  # the settings it was trained with
+    ncfg = models[0]["nnunet_config"]  # mirroring, tile step: the settings it was trained with
     if input_path.is_dir():
         cases = [(n, p) for n, p in find_cases(input_path) if p.is_file()]
         if output.name.endswith((".nii", ".nii.gz")) or (output.exists() and not output.is_dir()):
@@ -230,7 +217,7 @@ def predict_nnunet(paths: list[Path], input_path: Path, output: Path, opts, cfg:
     predictor = make_predictor(models, pick_device(opts.device), ncfg)
     with tempfile.TemporaryDirectory(prefix=".nnunet-", dir=dests[0].parent) as scratch:
         for (name, path), dest in zip(todo, dests):
-            [(mask_file, seconds)] = predict_files(predictor, [path], Path(scratch))
+            mask_file, seconds = predict_file(predictor, path, Path(scratch))
             shutil.move(str(mask_file), dest)  # whole, after nnU-Net has finished writing it
             result["written"] += 1
             log.info("%s: nnU-Net (%d model(s)), %.1f s -> %s", name, len(models), seconds, dest)

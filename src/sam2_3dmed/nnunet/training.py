@@ -48,7 +48,9 @@ from .dataset import check_planned
 
 EXIT_STOPPED = 75
 TRAIN_FIELDS = ["step", "epoch", "loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr", "seconds"]
-BUDGET_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch")
+#: nnunet.* budget keys -> the nnUNetTrainer attributes they set
+BUDGET = {"epochs": "num_epochs", "iterations_per_epoch": "num_iterations_per_epoch",
+          "val_iterations_per_epoch": "num_val_iterations_per_epoch"}
 
 
 def run_settings(cfg: dict, target: str, variant: str, fold: int, preprocessed: Path) -> dict:
@@ -61,7 +63,7 @@ def run_settings(cfg: dict, target: str, variant: str, fold: int, preprocessed: 
         h.update(p.read_bytes() if p.is_file() else b"")
     return {"target": target, "variant": variant, "fold": fold, "dataset": preprocessed.name,
             "trainer": n["trainer"], "plans": n["plans"], "configuration": n["configuration"],
-            **{k: n[k] for k in BUDGET_KEYS}, "planned_sha256": h.hexdigest()}
+            **{k: n[k] for k in BUDGET}, "planned_sha256": h.hexdigest()}
 
 
 def _supersede(out: Path, reason: str) -> None:
@@ -155,10 +157,7 @@ def train_nnunet(cfg: dict, target: str, variant: str, fold: int, out: str | Pat
     vcfg = variant_config(cfg, variant)
     ncfg = vcfg["nnunet"]
     prep = PreparedTarget(prepared or Path(vcfg["data"]["prepared"]) / target).check_target(target)
-    folds = prep.splits["folds"]
-    if not 0 <= fold < len(folds):
-        raise UserError(f"fold {fold} is out of range: it lists {len(folds)} folds (0..{len(folds) - 1})",
-                        prep.path / "splits.json")
+    ours = {"train": sorted(prep.cases(fold, "train")), "val": sorted(prep.cases(fold, "val"))}  # fold checked
     root = nnunet_root(vcfg, target)
     pre = check_planned(vcfg, target, prep, root)
     out = Path(out)
@@ -182,16 +181,17 @@ def train_nnunet(cfg: dict, target: str, variant: str, fold: int, out: str | Pat
                                             ncfg["trainer"], ncfg["plans"], continue_training=True, device=dev)
         except RuntimeError as exc:  # e.g. an unknown trainer class
             raise UserError(f"nnunet.trainer {ncfg['trainer']!r}: {exc}") from None
-        own = {"epochs": trainer.num_epochs, "iterations_per_epoch": trainer.num_iterations_per_epoch,
-               "val_iterations_per_epoch": trainer.num_val_iterations_per_epoch}
-        if ncfg["epochs"] is not None:
-            trainer.num_epochs = int(ncfg["epochs"])
-        if ncfg["iterations_per_epoch"] is not None:
-            trainer.num_iterations_per_epoch = int(ncfg["iterations_per_epoch"])
-        if ncfg["val_iterations_per_epoch"] is not None:
-            trainer.num_val_iterations_per_epoch = int(ncfg["val_iterations_per_epoch"])
-        used = {"epochs": trainer.num_epochs, "iterations_per_epoch": trainer.num_iterations_per_epoch,
-                "val_iterations_per_epoch": trainer.num_val_iterations_per_epoch}
+        own = {k: getattr(trainer, attr) for k, attr in BUDGET.items()}
+        for k, attr in BUDGET.items():
+            if ncfg[k] is not None:
+                setattr(trainer, attr, int(ncfg[k]))
+        used = {k: getattr(trainer, attr) for k, attr in BUDGET.items()}
+        # the cases nnU-Net's own do_split gives the trainer (splits_final.json): ours, checked before training
+        tr_keys, val_keys = trainer.do_split()
+        used_split = {"train": sorted(tr_keys), "val": sorted(val_keys)}
+        if used_split != ours:
+            raise UserError(f"nnU-Net would train fold {fold} on other cases than splits.json lists; run "
+                            "nnunet-plan again", pre / "splits_final.json")
         maybe_load_checkpoint(trainer, True, False)  # nnUNetv2_train --c: final, else latest, else best, else new
         start_epoch = trainer.current_epoch
         if start_epoch:
@@ -200,7 +200,6 @@ def train_nnunet(cfg: dict, target: str, variant: str, fold: int, out: str | Pat
         if stop_after_epoch is not None:  # testing aid: a kill after that epoch's checkpoint
             _stop_after(trainer, stop_after_epoch)
         trainer.run_training()
-        tr_keys, val_keys = trainer.do_split()
     seconds = time.perf_counter() - t0
     logged = _logged(trainer)
     rows = _write_logs(out, logged, trainer.num_iterations_per_epoch)
@@ -230,15 +229,11 @@ def train_nnunet(cfg: dict, target: str, variant: str, fold: int, out: str | Pat
             "patch_size": list(cm.patch_size), "batch_size": int(cm.batch_size),
             "spacing": [float(s) for s in cm.spacing],
             "results_folder": str(Path(trainer.output_folder)),
-            "splits_used": {"train": sorted(tr_keys), "val": sorted(val_keys)},
+            "splits_used": used_split,  # what nnU-Net's do_split returned (checked above to be ours)
             "augmentation_workers": ncfg["augmentation_workers"],  # null: nnU-Net's own choice
         },
         "code_digest": package_digest(),
     }
-    ours = folds[fold]
-    if sorted(tr_keys) != sorted(ours["train"]) or sorted(val_keys) != sorted(ours["val"]):
-        raise UserError(f"nnU-Net trained fold {fold} on other cases than splits.json lists; run nnunet-plan again",
-                        pre / "splits_final.json")
     write_json(out / "train_summary.json", summary)
     log.info("nnU-Net %s/%s/fold %d: %d epochs (%s), best EMA pseudo Dice %s, %.0f s", target, variant, fold,
              trainer.current_epoch, budget, summary["best_ema_pseudo_dice"], seconds)
